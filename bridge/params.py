@@ -1,0 +1,111 @@
+"""The live ("hot") parameters: one table shared by OSC, presets, feedback and the render loop.
+
+Every parameter has a type, a hard range (values outside are rejected, never clamped), a default
+and, for numbers, a *control range* that ``/sd/norm/<param>`` maps 0..1 onto. The control range
+defaults to the hard range and can be narrowed in the config (``osc.ranges``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str  # python / preset key, e.g. "prompt_mix"
+    address: str  # OSC address, e.g. "/sd/prompt/mix"
+    kind: type  # str, float, int or bool
+    default: Any
+    lo: float | None = None  # hard range (inclusive) for numbers
+    hi: float | None = None
+    doc: str = ""
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` coerced to this parameter's type, or raise ValueError with a reason."""
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {type(value).__name__}")
+            if len(value) > MAX_PROMPT_CHARS:
+                raise ValueError(f"string longer than {MAX_PROMPT_CHARS} characters")
+            if "\x00" in value:
+                raise ValueError("string contains a NUL character")
+            return value
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, float) and value in (0.0, 1.0):
+                return bool(value)
+            raise ValueError(f"expected 0/1 or True/False, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        if self.kind is int:
+            if isinstance(value, float):
+                if not math.isfinite(value) or value != int(value):
+                    raise ValueError(f"expected an integer, got {value!r}")
+                value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {value!r}")
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            raise ValueError(f"{value!r} is outside {self.lo:g}..{self.hi:g}")
+        return value
+
+
+PARAMS: dict[str, ParamSpec] = {
+    p.name: p
+    for p in [
+        ParamSpec("prompt", "/sd/prompt", str, "a neon city at night, cinematic", doc="positive prompt"),
+        ParamSpec("negative_prompt", "/sd/negative_prompt", str, "", doc="negative prompt"),
+        ParamSpec("prompt_a", "/sd/prompt/a", str, "", doc="crossfader prompt A (empty: use prompt)"),
+        ParamSpec("prompt_b", "/sd/prompt/b", str, "", doc="crossfader prompt B"),
+        ParamSpec("prompt_mix", "/sd/prompt/mix", float, 0.0, 0.0, 1.0, doc="slerp A (0) -> B (1)"),
+        ParamSpec("strength", "/sd/strength", float, 0.5, 0.0, 1.0, doc="img2img strength"),
+        ParamSpec("guidance", "/sd/guidance", float, 1.2, 0.0, 20.0, doc="guidance scale"),
+        ParamSpec("delta", "/sd/delta", float, 1.0, 0.0, 5.0, doc="residual CFG scale"),
+        ParamSpec("seed", "/sd/seed", int, 2, 0, 2**31 - 1, doc="noise seed"),
+        ParamSpec("transition", "/sd/transition", float, 0.0, 0.0, 120.0, doc="default morph seconds"),
+        ParamSpec("bypass", "/sd/bypass", bool, False, doc="pass the input through"),
+        ParamSpec("mix", "/sd/mix", float, 1.0, 0.0, 1.0, doc="dry (0) / wet (1)"),
+        ParamSpec(
+            "filter_threshold", "/sd/filter/threshold", float, 1.0, 0.0, 1.0,
+            doc="similarity filter threshold (1 disables)",
+        ),
+    ]
+}
+
+BY_ADDRESS: dict[str, ParamSpec] = {p.address: p for p in PARAMS.values()}
+
+# numbers that /sd/norm/<param> can drive: "/sd/norm" + the parameter's address after "/sd"
+NORM_PREFIX = "/sd/norm"
+NORMALIZABLE: dict[str, ParamSpec] = {
+    NORM_PREFIX + p.address[len("/sd") :]: p for p in PARAMS.values() if p.kind in (int, float)
+}
+
+
+def default_values() -> dict[str, Any]:
+    return {name: spec.default for name, spec in PARAMS.items()}
+
+
+def denormalize(spec: ParamSpec, x: float, control_range: tuple[float, float] | None = None) -> Any:
+    """Map ``x`` in 0..1 onto the control range (default: the hard range)."""
+    lo, hi = control_range if control_range is not None else (spec.lo, spec.hi)
+    assert lo is not None and hi is not None
+    v = lo + (hi - lo) * x
+    if spec.kind is int:
+        return int(round(v))
+    return float(v)
+
+
+def normalize(spec: ParamSpec, value: float, control_range: tuple[float, float] | None = None) -> float:
+    lo, hi = control_range if control_range is not None else (spec.lo, spec.hi)
+    assert lo is not None and hi is not None
+    if hi == lo:
+        return 0.0
+    return min(1.0, max(0.0, (float(value) - lo) / (hi - lo)))
