@@ -1,0 +1,268 @@
+"""Loading the diffusion components from a local diffusers folder or a hub id, offline-first.
+
+Decisions are taken from the model's configuration, never from a substring of its name:
+* the VAE: ``taesd`` (default) uses the model's own VAE when it already is an ``AutoencoderTiny``,
+  otherwise loads TAESD (``madebyollin/taesd``); ``full`` keeps the model's own VAE; anything else
+  is a folder or hub id of an ``AutoencoderTiny`` or ``AutoencoderKL``.
+* LCM-LoRA (``lcm_lora: auto``): fused when the U-Net is an SD1.x-family U-Net (cross-attention
+  width 768, blocks 320/640/1280/1280) that is not already consistency-distilled (no
+  ``time_cond_proj_dim``, scheduler not LCM). sd-turbo (SD 2.1 U-Net, adversarially distilled)
+  and the tiny test model need none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+TAESD_ID = "madebyollin/taesd"
+LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
+
+
+class ModelNotFoundError(RuntimeError):
+    """The weights are not on this machine (and could not be fetched). Message says what to do."""
+
+
+class ModelLoadError(RuntimeError):
+    """The weights are there but cannot be used (wrong layout, corrupt file, missing extra)."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    source: str  # folder, .safetensors file or hub id
+    scale: float = 1.0
+
+
+@dataclass
+class ModelSpec:
+    model: str = DEFAULT_MODEL
+    vae: str = "taesd"  # taesd | full | folder / hub id
+    lcm_lora: str = "auto"  # auto | none | folder / hub id
+    loras: Sequence[LoraSpec] = ()
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+
+
+@dataclass
+class Components:
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``: CUDA with fp16 when a GPU is present, else CPU with fp32."""
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device should be auto, cpu, cuda, cuda:N or mps but is {device!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} asked for, but this torch build sees no CUDA GPU "
+                f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch"
+            )
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        dt = torch.float16 if dev.type == "cuda" else torch.float32
+    elif dtype in names:
+        dt = names[dtype]
+    else:
+        raise ValueError(f"dtype should be auto, float32, float16 or bfloat16 but is {dtype!r}")
+    if dev.type == "cpu" and dt == torch.float16:
+        raise ValueError("float16 on the CPU is not supported; use --dtype float32 (or bfloat16)")
+    return dev, dt
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and "\\" not in s
+
+
+def _how_to_provide(name: str) -> str:
+    return (
+        f"'{name}' is not on this machine. Either pass a local diffusers-format folder "
+        f"(--model /path/to/folder), or on a machine with internet run "
+        f"`huggingface-cli download {name}` and copy its Hugging Face cache (HF_HOME, default "
+        f"~/.cache/huggingface) here. For a demo without weights: `streambridge models make-tiny DIR`."
+    )
+
+
+def _from_pretrained(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
+    """Local folder or hub cache first; the network only when allowed and the cache misses."""
+    path = Path(source).expanduser()
+    if path.exists():
+        try:
+            return loader.from_pretrained(str(path), local_files_only=True, **kwargs)
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"cannot load {what} from {path}: {_first_line(exc)}") from None
+    if not _looks_like_hub_id(source):
+        raise ModelNotFoundError(f"{what} '{source}' is neither an existing folder nor a hub id like 'org/name'")
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        if _offline():
+            raise ModelNotFoundError(f"{what}: {_how_to_provide(source)}") from None
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ModelNotFoundError(f"{what}: {_how_to_provide(source)} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _read_model_index(source: str) -> dict[str, Any] | None:
+    p = Path(source).expanduser() / "model_index.json"
+    if p.is_file():
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def needs_lcm_lora(unet_config: Any, scheduler_class: str | None) -> bool:
+    """True for SD1.x-family U-Nets that are not already LCM-distilled (config-based)."""
+    if scheduler_class == "LCMScheduler":
+        return False
+    if getattr(unet_config, "time_cond_proj_dim", None):
+        return False
+    blocks = tuple(getattr(unet_config, "block_out_channels", ()) or ())
+    return int(getattr(unet_config, "cross_attention_dim", 0) or 0) == 768 and blocks == (320, 640, 1280, 1280)
+
+
+def load_components(spec: ModelSpec) -> Components:
+    """Load tokenizer, text encoder, U-Net, VAE and an LCM scheduler for ``spec``."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    device, dtype = resolve_device(spec.device, spec.dtype)
+    src = spec.model
+    log.info("loading model %s on %s (%s)", src, device, str(dtype).replace("torch.", ""))
+    tokenizer = _from_pretrained(CLIPTokenizer, src, "tokenizer", subfolder="tokenizer")
+    text_encoder = _from_pretrained(CLIPTextModel, src, "text encoder", subfolder="text_encoder")
+    unet = _from_pretrained(UNet2DConditionModel, src, "U-Net", subfolder="unet")
+    base_sched = _from_pretrained(LCMScheduler, src, "scheduler", subfolder="scheduler")
+    scheduler = LCMScheduler.from_config(base_sched.config)
+    index = _read_model_index(src) or {}
+    orig_sched_class = (index.get("scheduler") or [None, None])[1]
+
+    vae_choice = spec.vae
+    if vae_choice in ("taesd", "full"):
+        own_vae_class = (index.get("vae") or [None, None])[1]
+        if vae_choice == "full" or own_vae_class == "AutoencoderTiny":
+            cls = AutoencoderTiny if own_vae_class == "AutoencoderTiny" else AutoencoderKL
+            vae = _from_pretrained(cls, src, "VAE", subfolder="vae")
+            vae_name = f"{src}/vae"
+        else:
+            vae = _from_pretrained(AutoencoderTiny, TAESD_ID, "TAESD VAE")
+            vae_name = TAESD_ID
+    else:
+        vae_cfg = Path(vae_choice).expanduser() / "config.json"
+        cls = AutoencoderTiny
+        if vae_cfg.is_file():
+            try:
+                if json.loads(vae_cfg.read_text(encoding="utf-8")).get("_class_name") == "AutoencoderKL":
+                    cls = AutoencoderKL
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ModelLoadError(f"cannot read {vae_cfg}: {exc}") from None
+        vae = _from_pretrained(cls, vae_choice, "VAE")
+        vae_name = vae_choice
+
+    lcm_source: str | None = None
+    if spec.lcm_lora == "auto":
+        if needs_lcm_lora(unet.config, orig_sched_class):
+            lcm_source = LCM_LORA_SD15
+    elif spec.lcm_lora != "none":
+        lcm_source = spec.lcm_lora
+
+    loras = list(spec.loras)
+    if lcm_source or loras:
+        _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras)
+
+    for m in (text_encoder, unet, vae):
+        m.to(device=device, dtype=dtype)
+        m.eval()
+        m.requires_grad_(False)
+    info = {
+        "model": src,
+        "vae": vae_name,
+        "vae_class": type(vae).__name__,
+        "lcm_lora": lcm_source,
+        "loras": [(lo.source, lo.scale) for lo in loras],
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "unet_params": sum(p.numel() for p in unet.parameters()),
+        "cross_attention_dim": int(unet.config.cross_attention_dim),
+    }
+    return Components(tokenizer, text_encoder, unet, vae, scheduler, device, dtype, info)
+
+
+def _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras) -> None:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("LoRAs need the 'peft' package: pip install peft") from None
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    names: list[str] = []
+    weights: list[float] = []
+    items = ([("lcm", lcm_source, 1.0)] if lcm_source else []) + [
+        (f"lora{i}", lo.source, float(lo.scale)) for i, lo in enumerate(loras)
+    ]
+    for name, source, scale in items:
+        p = Path(source).expanduser()
+        kwargs: dict[str, Any] = {"adapter_name": name}
+        if p.is_file():
+            load_from: str = str(p.parent)
+            kwargs["weight_name"] = p.name
+        else:
+            load_from = str(p) if p.exists() else source
+        if not p.exists() and not _looks_like_hub_id(source):
+            raise ModelNotFoundError(f"LoRA '{source}' is neither an existing file/folder nor a hub id")
+        try:
+            pipe.load_lora_weights(load_from, local_files_only=_offline() or p.exists(), **kwargs)
+        except (OSError, ValueError) as exc:
+            if p.exists():
+                raise ModelLoadError(f"cannot load LoRA {source}: {_first_line(exc)}") from None
+            raise ModelNotFoundError(f"LoRA: {_how_to_provide(source)}") from None
+        names.append(name)
+        weights.append(scale)
+        log.info("LoRA %s (%s) scale %.3g", name, source, scale)
+    pipe.set_adapters(names, adapter_weights=weights)
+    pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    pipe.unload_lora_weights()

@@ -1,0 +1,90 @@
+"""Model runners: the three network calls the pipeline makes, behind one small interface.
+
+The pipeline never calls diffusers modules directly; it calls a :class:`ModelRunner`. The eager
+torch runner lives here; ONNX Runtime and TensorRT runners (``stream_core.accel``) implement the
+same calls with the same (static) shapes, so switching backend never changes the maths.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """What the pipeline needs from the networks.
+
+    * ``unet(latents (B,4,h,w), timesteps (B,) long, text_embeds (B,L,D)) -> eps (B,4,h,w)``
+    * ``encode(images (F,3,H,W) in [-1,1]) -> latents (F,4,H/8,W/8)``, already multiplied by the
+      VAE's scaling factor.
+    * ``decode(latents) -> images in [-1,1]``; takes scaled latents (divides by the factor).
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchRunner:
+    """Eager PyTorch execution of diffusers' ``UNet2DConditionModel`` and a VAE.
+
+    Works with ``AutoencoderTiny`` (TAESD; ``.latents``) and ``AutoencoderKL`` (the mode of its
+    latent distribution, so encoding is deterministic).
+    """
+
+    def __init__(self, unet: Any, vae: Any) -> None:
+        self.unet_model = unet
+        self.vae = vae
+        param = next(unet.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self._vae_is_tiny = hasattr(vae, "encoder") and type(vae).__name__ == "AutoencoderTiny"
+
+    @torch.inference_mode()
+    def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        return self.unet_model(latents, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.vae.encode(images)
+        if hasattr(out, "latents"):
+            lat = out.latents
+        else:
+            lat = out.latent_dist.mode()
+        return lat * self.scaling_factor
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
+
+
+class CountingRunner:
+    """Wraps a runner and records the batch size of every U-Net call (tests, diagnostics)."""
+
+    def __init__(self, inner: ModelRunner) -> None:
+        self.inner = inner
+        self.device = inner.device
+        self.dtype = inner.dtype
+        self.unet_batches: list[int] = []
+        self.encode_batches: list[int] = []
+        self.decode_batches: list[int] = []
+
+    def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        self.unet_batches.append(int(latents.shape[0]))
+        return self.inner.unet(latents, timesteps, text_embeds)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.encode_batches.append(int(images.shape[0]))
+        return self.inner.encode(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        self.decode_batches.append(int(latents.shape[0]))
+        return self.inner.decode(latents)

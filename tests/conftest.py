@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny random SD model generated once per test session, fully offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from stream_core.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model_dir):
+    import torch
+
+    from stream_core.models import ModelSpec, load_components
+
+    torch.set_num_threads(2)
+    return load_components(ModelSpec(model=str(tiny_model_dir), device="cpu", dtype="float32"))
