@@ -47,6 +47,9 @@ class StreamSettings:
     filter_threshold: float = 1.0  # >= 1 disables the similarity filter
     filter_max_skip: int = 10
     filter_seed: int = 0
+    # False: every frame goes through all n steps in its own call (n U-Net calls per frame, no
+    # frame latency, lower throughput): the "sequential denoising" the stream batch is measured against
+    denoising_batch: bool = True
     latent_channels: int = 4
     vae_scale: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
@@ -147,8 +150,8 @@ class StreamPipeline:
 
     @property
     def latency_frames(self) -> int:
-        """Calls between a frame entering and its result leaving (``n - 1``)."""
-        return self.n - 1
+        """Calls between a frame entering and its result leaving (``n - 1``; 0 when sequential)."""
+        return self.n - 1 if self.settings.denoising_batch else 0
 
     # ------------------------------------------------------------------ live setters
     def set_prompt_embeds(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None = None) -> None:
@@ -340,6 +343,43 @@ class StreamPipeline:
                 self._stock = torch.cat([self._stock[:f], carried])
         return x0_hat[(n - 1) * f :]
 
+    def _sequential(self, x: torch.Tensor) -> torch.Tensor:
+        """All n steps for the new frames now, one U-Net call per step (no buffer, no latency)."""
+        f, n = self.f, self.n
+        pos = self._pos.expand(f, -1, -1)
+        neg = self._neg.expand(f, -1, -1) if self._neg is not None else None
+        stock = self._noise_rows[:f]
+        x0_hat = x
+        for i in range(n):
+            rows = slice(i * f, (i + 1) * f)
+            a, b = self._alpha[rows], self._beta[rows]
+            t = self._t_rows[rows]
+            if self.cfg_type == "full" or (self.cfg_type == "initialize" and i == 0):
+                eps = self.runner.unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([neg, pos]))
+                eu, ec = eps.chunk(2)
+                if self.cfg_type == "initialize":
+                    stock = eu
+            else:
+                ec = self.runner.unet(x, t, pos)
+            if self.cfg_type == "full":
+                e = eu + self.guidance_scale * (ec - eu)
+            elif self.cfg_type in ("self", "initialize"):
+                s = self.delta * stock
+                e = s + self.guidance_scale * (ec - s)
+            else:
+                e = ec
+            x0_hat = self._c_out[rows] * (x - b * e) / a + self._c_skip[rows] * x
+            if i < n - 1:
+                nxt_rows = slice((i + 1) * f, (i + 2) * f)
+                bs = b * stock
+                dx = self._c_out[rows] * (bs - b * e) / a + self._c_skip[rows] * bs
+                stock = (self._alpha[nxt_rows] / self._beta[nxt_rows]) * dx
+                x = self._alpha[nxt_rows] * x0_hat
+                if self.add_noise:
+                    stock = stock + self._noise_rows[nxt_rows]
+                    x = x + self._beta[nxt_rows] * self._noise_rows[nxt_rows]
+        return x0_hat
+
     def _initial_latents(self, z: torch.Tensor | None) -> torch.Tensor:
         f = self.f
         if z is None:  # txt2img: start from the noise itself
@@ -361,13 +401,17 @@ class StreamPipeline:
             z = self.runner.encode(images)
         else:
             z = None
-        if not self._primed:
-            # Prime: the first frames pass through every stage before the first output, so the
-            # first outputs are their real result. Same static batch as every later call.
-            for _ in range(self.n - 1):
-                self._step(self._initial_latents(z))
-            self._primed = True
-        out_latents = self._step(self._initial_latents(z))
+        x0 = self._initial_latents(z)
+        if not self.settings.denoising_batch:
+            out_latents = self._sequential(x0)
+        else:
+            if not self._primed:
+                # Prime: the first frames pass through every stage before the first output, so
+                # the first outputs are their real result. Same static batch as every later call.
+                for _ in range(self.n - 1):
+                    self._step(x0)
+            out_latents = self._step(x0)
+        self._primed = True
         self.calls += 1
         out = self.runner.decode(out_latents).clamp(-1.0, 1.0)
         self._last_output = out

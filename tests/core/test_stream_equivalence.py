@@ -132,3 +132,20 @@ def test_first_outputs_are_real_frames(tiny_components, encoded):
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=0)
     # an empty-buffer decode would be a flat colour; a real frame has structure
     assert out.std() > 0.01
+
+
+@pytest.mark.parametrize("cfg", ["none", "full", "self", "initialize"])
+@pytest.mark.parametrize("add_noise", [True, False])
+def test_sequential_mode_has_no_latency_and_same_result(tiny_components, encoded, cfg, add_noise):
+    pos, neg = encoded
+    runner = CountingRunner(TorchRunner(tiny_components.unet, tiny_components.vae))
+    t_list = T_LISTS[3]
+    s = StreamSettings(width=SIZE, height=SIZE, t_index_list=t_list, cfg_type=cfg, guidance_scale=1.6,
+                       delta=0.8, seed=11, add_noise=add_noise, denoising_batch=False)
+    pipe = StreamPipeline(runner, tiny_components.scheduler, s, pos, neg)
+    assert pipe.latency_frames == 0
+    noise = make_noise(11, 3, 4, SIZE // 8, SIZE // 8)
+    for x in frames(2, 1):
+        ref = sequential_frame(runner.inner, tiny_components.scheduler, x, t_list, cfg, 1.6, 0.8, noise, pos, neg, add_noise)
+        torch.testing.assert_close(pipe(x), ref, atol=2e-4, rtol=0)
+    assert len(runner.unet_batches) == 2 * 3  # n calls per frame
