@@ -8,7 +8,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
-	$(PY) -m bridge.cli demo --duration $(DURATION)
+	$(PY) -m bridge demo --duration $(DURATION)
 
 test: setup
 	$(PY) -m ruff check .

@@ -77,4 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the package module so CliError is the same class the commands raise
+    from bridge.cli import main as _main
+
+    sys.exit(_main())

@@ -29,9 +29,11 @@ def setup_logging(verbose: bool = False, json_lines: bool = False) -> None:
         fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         fmt.converter = time.localtime
         handler.setFormatter(fmt)
+    handler._streambridge = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
+    for h in list(root.handlers):  # replace our own handler only (keep e.g. pytest's)
+        if getattr(h, "_streambridge", False):
+            root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # third-party chatter

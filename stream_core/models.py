@@ -157,6 +157,23 @@ def needs_lcm_lora(unet_config: Any, scheduler_class: str | None) -> bool:
 
 def load_components(spec: ModelSpec) -> Components:
     """Load tokenizer, text encoder, U-Net, VAE and an LCM scheduler for ``spec``."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    # the libraries' own chatter (progress bars, casting notes) is noise in a show log
+    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        return _load_components(spec)
+    finally:
+        dlog.set_verbosity(d_level)
+        tlog.set_verbosity(t_level)
+        tlog.enable_progress_bar()
+
+
+def _load_components(spec: ModelSpec) -> Components:
     from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

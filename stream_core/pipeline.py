@@ -142,11 +142,14 @@ class StreamPipeline:
         self._set_scalars(self.t_index_list)
 
     # ------------------------------------------------------------------ shapes
+    @staticmethod
+    def batch_for(cfg_type: str, n: int, f: int) -> int:
+        """Rows per U-Net call: n*f (none, self), (n+1)*f (initialize), 2n*f (full)."""
+        return {"none": n * f, "self": n * f, "initialize": (n + 1) * f, "full": 2 * n * f}[cfg_type]
+
     @property
     def unet_batch(self) -> int:
-        """Rows per U-Net call: n*f (none, self), (n+1)*f (initialize), 2n*f (full)."""
-        rows = self.n * self.f
-        return {"none": rows, "self": rows, "initialize": rows + self.f, "full": 2 * rows}[self.cfg_type]
+        return self.batch_for(self.cfg_type, self.n, self.f)
 
     @property
     def latency_frames(self) -> int:
@@ -171,6 +174,14 @@ class StreamPipeline:
             raise ValueError(f"negative embeddings {tuple(neg.shape)} do not match prompt embeddings {tuple(pos.shape)}")
         self._pos, self._neg = pos, neg
         self._build_text_batch()
+
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        return self._pos
+
+    @property
+    def negative_prompt_embeds(self) -> torch.Tensor | None:
+        return self._neg
 
     def _as_embed(self, e: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(e, torch.Tensor):

@@ -1,0 +1,7 @@
+"""``python -m bridge``: the same as the ``streambridge`` command."""
+
+import sys
+
+from bridge.cli import main
+
+sys.exit(main())

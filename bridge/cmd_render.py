@@ -1,0 +1,234 @@
+"""``streambridge render INPUT OUTPUT_DIR``: the live pipeline, offline, frame-accurate.
+
+Output ``k`` is the stream's result for input ``k``: the stream's ``n - 1`` frames of latency are
+compensated and the buffer is drained at the end by feeding the last frame again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bridge.cli import CliError
+
+log = logging.getLogger("streambridge.render")
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w_s, h_s = text.lower().split("x")
+        w, h = int(w_s), int(h_s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size should look like 512x512, got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8 or w > 4096 or h > 4096:
+        raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be multiples of 8 in 8..4096")
+    return w, h
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps should be comma-separated integers like 32,45, got {text!r}") from None
+    from stream_core.schedule import check_t_index_list
+
+    try:
+        return check_t_index_list(steps)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Model/pipeline flags shared by ``render`` and ``run``."""
+    p.add_argument("--model", help="diffusers folder or hub id (default stabilityai/sd-turbo)")
+    p.add_argument("--vae", help="taesd (default), full, or a folder / hub id")
+    p.add_argument("--lcm-lora", help="auto (default), none, or a folder / hub id")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="run a folder of images or a video file through the pipeline")
+    p.add_argument("input", help="a folder of images (sorted by name) or a video file")
+    p.add_argument("output_dir", help="folder for 000000.png, 000001.png, ...")
+    add_model_args(p)
+    p.add_argument("--prompt", default="a neon city at night, cinematic")
+    p.add_argument("--negative-prompt", default="")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=parse_steps, help="t_index_list, e.g. 32,45")
+    g.add_argument("--strength", type=float, help="img2img strength 0..1 (mapped onto --num-steps steps)")
+    p.add_argument("--num-steps", type=int, default=2, help="steps used with --strength (default 2)")
+    p.add_argument("--cfg", choices=["none", "full", "self", "initialize"], default="self")
+    p.add_argument("--guidance", type=float, default=1.2)
+    p.add_argument("--delta", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--size", type=parse_size, default=(512, 512), help="WxH (default 512x512)")
+    p.add_argument("--frame-buffer", type=int, default=1, help="frames per stream call (default 1)")
+    p.add_argument("--add-noise", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--resize", choices=["fit", "fill", "stretch"], default="fill")
+    p.set_defaults(func=run_render)
+
+
+def iter_input(path: Path) -> tuple[int, Iterator[np.ndarray]]:
+    """(frame count, iterator of RGB uint8 frames) for a folder or a video file."""
+    import cv2
+
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise CliError(f"{path}: no images ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
+
+        def gen_files() -> Iterator[np.ndarray]:
+            for f in files:
+                img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise CliError(f"{f}: cannot read this image")
+                yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+        return len(files), gen_files()
+    if not path.is_file():
+        raise CliError(f"{path}: no such file or folder")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise CliError(f"{path}: cannot open this video (OpenCV/FFmpeg could not read it)")
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    ok, first = cap.read()
+    if not ok:
+        cap.release()
+        raise CliError(f"{path}: the video has no readable frames")
+
+    def gen_video() -> Iterator[np.ndarray]:
+        frame = first
+        try:
+            while True:
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                ok, frame = cap.read()
+                if not ok:
+                    return
+        finally:
+            cap.release()
+
+    return count, gen_video()
+
+
+def run_render(args: argparse.Namespace) -> int:
+    import cv2
+
+    from bridge.runtime.convert import Resizer
+    from stream_core.engine import StreamEngine
+    from stream_core.models import ModelLoadError, ModelNotFoundError, ModelSpec, load_components
+    from stream_core.pipeline import StreamSettings
+    from stream_core.schedule import strength_to_t_index_list
+
+    src = Path(args.input)
+    out_dir = Path(args.output_dir)
+    count, frames = iter_input(src)
+    if args.frame_buffer < 1:
+        raise CliError("--frame-buffer must be >= 1")
+    if args.strength is not None:
+        try:
+            t_list = strength_to_t_index_list(args.strength, args.num_steps)
+        except ValueError as exc:
+            raise CliError(f"--strength/--num-steps: {exc}") from None
+    else:
+        t_list = args.steps or (32, 45)
+    width, height = args.size
+    settings = StreamSettings(
+        width=width, height=height, t_index_list=t_list, frame_buffer_size=args.frame_buffer,
+        cfg_type=args.cfg, guidance_scale=args.guidance, delta=args.delta, seed=args.seed,
+        add_noise=args.add_noise,
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    spec = ModelSpec(
+        model=args.model or ModelSpec.model, vae=args.vae or "taesd", lcm_lora=args.lcm_lora or "auto",
+        device=args.device or "auto", dtype=args.dtype or "auto",
+    )
+    try:
+        components = load_components(spec)
+    except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc), code=1) from None
+    engine = StreamEngine(components, settings, args.prompt, args.negative_prompt)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{out_dir}: cannot create the output folder: {exc.strerror}") from None
+
+    resizer = Resizer(width, height, args.resize)
+    f = settings.frame_buffer_size
+    latency = engine.pipeline.latency_frames
+    progress = _progress(count)
+    written = 0
+    calls = 0
+    last: np.ndarray | None = None
+
+    def emit(out: np.ndarray, valid: int) -> None:
+        nonlocal written
+        for j in range(valid):
+            path = out_dir / f"{written:06d}.png"
+            if not cv2.imwrite(str(path), cv2.cvtColor(out[j], cv2.COLOR_RGB2BGR)):
+                raise CliError(f"{path}: cannot write")
+            written += 1
+            progress.update(1)
+
+    valid_per_call: list[int] = []
+    try:
+        batches = _batches(frames, f, resizer)
+        for batch, valid in batches:
+            last = batch
+            out = engine.process(batch)
+            valid_per_call.append(valid)
+            if calls >= latency:
+                emit(out, valid_per_call[calls - latency])
+            calls += 1
+        # drain: push the last frames again until every input has left the stream
+        while last is not None and calls < len(valid_per_call) + latency:
+            out = engine.process(last)
+            if calls >= latency:
+                emit(out, valid_per_call[calls - latency])
+            calls += 1
+    finally:
+        progress.close()
+    if written == 0:
+        raise CliError(f"{src}: no frames were read", code=1)
+    log.info("wrote %d frames to %s", written, out_dir)
+    return 0
+
+
+def _batches(frames: Iterator[np.ndarray], f: int, resizer) -> Iterator[tuple[np.ndarray, int]]:
+    """Group resized frames by ``f``; the last group is padded with its last frame."""
+    group: list[np.ndarray] = []
+    for rgb in frames:
+        group.append(np.array(resizer(rgb), copy=True))
+        if len(group) == f:
+            yield np.stack(group), f
+            group = []
+    if group:
+        valid = len(group)
+        group += [group[-1]] * (f - valid)
+        yield np.stack(group), valid
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int):
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, unit="frame", desc="render")

@@ -1,0 +1,189 @@
+"""The daemon's configuration: one YAML file, validated up front (unknown keys are errors).
+
+Command-line flags override the file. Every error names the file, line, key and bad value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bridge.io.registry import AnySinkConfig, AnySourceConfig
+from bridge.params import PARAMS
+from bridge.yamlio import ConfigError, read_yaml_file, validate
+
+CfgType = Literal["none", "full", "self", "initialize"]
+Acceleration = Literal["none", "compile", "tensorrt", "onnxruntime"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _parse_size(v: Any) -> tuple[int, int]:
+    if isinstance(v, str):
+        try:
+            w_s, h_s = v.lower().split("x")
+            w, h = int(w_s), int(h_s)
+        except ValueError:
+            raise ValueError(f"size should look like 512x512, got {v!r}") from None
+    elif isinstance(v, (list, tuple)) and len(v) == 2:
+        w, h = int(v[0]), int(v[1])
+    else:
+        raise ValueError(f"size should look like 512x512, got {v!r}")
+    if not (8 <= w <= 4096 and 8 <= h <= 4096 and w % 8 == 0 and h % 8 == 0):
+        raise ValueError(f"width and height must be multiples of 8 in 8..4096, got {w}x{h}")
+    return w, h
+
+
+class LoraConfig(_Strict):
+    source: str = Field(description="LoRA folder, .safetensors file or hub id")
+    scale: float = Field(1.0, ge=-4.0, le=4.0, description="LoRA strength")
+
+
+class ModelConfig(_Strict):
+    model: str = Field("stabilityai/sd-turbo", description="diffusers folder or hub id")
+    vae: str = Field("taesd", description="taesd | full | folder / hub id")
+    lcm_lora: str = Field("auto", description="auto | none | folder / hub id")
+    loras: list[LoraConfig] = Field(default_factory=list)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class PipelineConfig(_Strict):
+    size: tuple[int, int] = Field((512, 512), description="pipeline resolution WxH")
+    steps: list[int] = Field(default_factory=lambda: [32, 45], min_length=1, max_length=10,
+                             description="t_index_list (its length is the step count n)")
+    frame_buffer: int = Field(1, ge=1, le=8, description="frames per stream call")
+    cfg: CfgType = "self"
+    add_noise: bool = True
+    denoising_batch: bool = Field(True, description="stream batch (n-1 frames latency) or sequential")
+    filter_max_skip: int = Field(10, ge=0, le=1000)
+    acceleration: Acceleration = "none"
+    engine_cache: str | None = Field(None, description="engine/ONNX cache folder (default ~/.cache/streambridge)")
+    allow_build: bool = Field(False, description="build missing engines at start-up (minutes)")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> tuple[int, int]:
+        return _parse_size(v)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        from stream_core.schedule import check_t_index_list
+
+        return list(check_t_index_list(v))
+
+
+class OutputConfig(_Strict):
+    fps: float | None = Field(None, gt=0, le=240, description="publish rate; default the source's, else 30")
+    size: tuple[int, int] | None = Field(None, description="scale the output to WxH (default: pipeline size)")
+    resize: Literal["fit", "fill", "stretch"] = Field("fill", description="how input frames meet the pipeline size")
+    no_signal: Literal["hold", "black", "slate"] = "slate"
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> tuple[int, int] | None:
+        return None if v is None else _parse_size(v)
+
+
+class OscConfig(_Strict):
+    listen: str = Field("127.0.0.1:9400", description="HOST:PORT to receive OSC on")
+    feedback: list[str] = Field(default_factory=list, description="HOST:PORT targets for state echo/status")
+    allow: list[str] = Field(default_factory=list, description="sender allow-list (IP, IP:PORT or CIDR)")
+    status_rate: float = Field(2.0, ge=0.0, le=60.0, description="status messages per second (0: off)")
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict,
+                                                    description="control ranges for /sd/norm/<param>")
+    enabled: bool = True
+
+
+class PresetsConfig(_Strict):
+    folder: str = Field("presets", description="preset folder (hot reloaded)")
+    initial: str | None = Field(None, description="preset recalled at start-up")
+    cache_size: int = Field(64, ge=4, le=4096, description="ad-hoc prompt embedding LRU size")
+
+
+class ParamsConfig(_Strict):
+    """Initial values of the live parameters (see the OSC table)."""
+
+    prompt: str = PARAMS["prompt"].default
+    negative_prompt: str = PARAMS["negative_prompt"].default
+    prompt_a: str = ""
+    prompt_b: str = ""
+    prompt_mix: float = Field(0.0, ge=0, le=1)
+    strength: float | None = Field(None, ge=0, le=1, description="overrides pipeline.steps when set")
+    guidance: float = Field(PARAMS["guidance"].default, ge=PARAMS["guidance"].lo, le=PARAMS["guidance"].hi)
+    delta: float = Field(PARAMS["delta"].default, ge=PARAMS["delta"].lo, le=PARAMS["delta"].hi)
+    seed: int = Field(PARAMS["seed"].default, ge=0, le=2**31 - 1)
+    transition: float = Field(0.0, ge=0, le=120)
+    bypass: bool = False
+    mix: float = Field(1.0, ge=0, le=1)
+    filter_threshold: float = Field(1.0, ge=0, le=1)
+
+
+class DaemonConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    source: AnySourceConfig = Field(default_factory=lambda: _default_source())
+    sinks: list[AnySinkConfig] = Field(default_factory=lambda: [_default_sink()])
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    osc: OscConfig = Field(default_factory=OscConfig)
+    presets: PresetsConfig = Field(default_factory=PresetsConfig)
+    params: ParamsConfig = Field(default_factory=ParamsConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DaemonConfig:
+        if not self.sinks:
+            raise ValueError("sinks: at least one sink is needed (use {type: null} to discard output)")
+        return self
+
+
+def _default_source():
+    from bridge.io.registry import parse_source_config
+
+    return parse_source_config({"type": "pattern"})
+
+
+def _default_sink():
+    from bridge.io.registry import parse_sink_config
+
+    return parse_sink_config({"type": "null"})
+
+
+def load_config(path: str | os.PathLike[str] | None) -> DaemonConfig:
+    """Load and validate a config file (``None``: all defaults)."""
+    if path is None:
+        return DaemonConfig()
+    data, lines = read_yaml_file(path)
+    return validate(DaemonConfig, data, str(path), lines)
+
+
+def apply_overrides(cfg: DaemonConfig, overrides: dict[str, Any]) -> DaemonConfig:
+    """Return a new config with dotted-key overrides (``{"pipeline.size": "512x512"}``) applied and
+    everything validated again. Errors name the flag's key."""
+    data = cfg.model_dump()
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    try:
+        return DaemonConfig.model_validate(data)
+    except Exception as exc:  # pydantic ValidationError -> located message
+        from pydantic import ValidationError
+
+        from bridge.yamlio import format_validation_error
+
+        if isinstance(exc, ValidationError):
+            raise ConfigError("\n".join(format_validation_error(exc, "command line"))) from None
+        raise
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("STREAMBRIDGE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "streambridge"

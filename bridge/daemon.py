@@ -1,0 +1,386 @@
+"""The one place that wires everything: source worker -> render loop -> publisher, plus OSC,
+presets, prompt cache and feedback.
+
+Threads: source worker (capture + pre-processing), render loop (the only thread that touches the
+U-Net and VAE), publisher (steady-rate output), prompt encoder (text encoder only), preset
+watcher, OSC receiver, feedback/status. They meet in latest-wins mailboxes and queues.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.config import DaemonConfig, default_cache_dir
+from bridge.io.registry import create_sink, create_source
+from bridge.live import LiveController, merge_initial
+from bridge.presets import ColdSettings, PresetStore
+from bridge.prompt_cache import PromptCache
+from bridge.runtime.convert import Resizer
+from bridge.runtime.mailbox import LatestMailbox
+from bridge.runtime.metrics import Metrics
+from bridge.runtime.packet import FramePacket
+from bridge.runtime.publisher import Publisher
+from bridge.runtime.source_worker import SourceWorker
+
+log = logging.getLogger("streambridge.daemon")
+
+
+class StartupError(RuntimeError):
+    """A fatal start-up problem; the message is shown to the user as is."""
+
+
+@dataclass
+class DaemonOptions:
+    osc: bool = True
+    presets: bool = True
+    prewarm_timeout: float = 0.0  # wait this long for preset pre-warm before going live
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, options: DaemonOptions | None = None) -> None:
+        self.cfg = cfg
+        self.options = options or DaemonOptions()
+        self.metrics = Metrics()
+        self.frames_in: LatestMailbox[FramePacket] = LatestMailbox(1)
+        self.frames_out: LatestMailbox[FramePacket] = LatestMailbox(1)
+        self.metrics.add_mailbox("input", self.frames_in)
+        self.metrics.add_mailbox("output", self.frames_out)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fb_queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.engine = None
+        self.controller: LiveController | None = None
+        self.cache: PromptCache | None = None
+        self.presets: PresetStore | None = None
+        self.source_worker: SourceWorker | None = None
+        self.publisher: Publisher | None = None
+        self.osc = None
+        self.feedback = None
+        self.render_errors = 0
+        self.frames_rendered = 0
+        self._status_extra: dict[str, Any] = {"preset": ""}
+
+    # ------------------------------------------------------------------ build
+    def _build_engine(self) -> None:
+        from stream_core.engine import StreamEngine
+        from stream_core.models import (
+            LoraSpec,
+            ModelLoadError,
+            ModelNotFoundError,
+            ModelSpec,
+            load_components,
+        )
+        from stream_core.pipeline import StreamSettings
+        from stream_core.schedule import strength_to_t_index_list
+
+        m, p, params = self.cfg.model, self.cfg.pipeline, self.cfg.params
+        spec = ModelSpec(
+            model=m.model, vae=m.vae, lcm_lora=m.lcm_lora,
+            loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
+        )
+        try:
+            components = load_components(spec)
+        except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
+        steps = tuple(p.steps)
+        if params.strength is not None:
+            steps = strength_to_t_index_list(params.strength, len(steps))
+        settings = StreamSettings(
+            width=p.size[0], height=p.size[1], t_index_list=steps, frame_buffer_size=p.frame_buffer,
+            cfg_type=p.cfg, guidance_scale=params.guidance, delta=params.delta, seed=params.seed,
+            add_noise=p.add_noise, filter_threshold=params.filter_threshold, filter_max_skip=p.filter_max_skip,
+            denoising_batch=p.denoising_batch,
+        )
+        runner = None
+        if p.acceleration != "none":
+            try:
+                from stream_core.accel import build_runner
+            except ImportError as exc:
+                raise StartupError(f"acceleration {p.acceleration!r} is not available: {exc}") from None
+            from stream_core.pipeline import StreamPipeline
+
+            batch = StreamPipeline.batch_for(p.cfg, len(steps), p.frame_buffer)
+            try:
+                runner = build_runner(
+                    components, p.acceleration, batch=batch, width=p.size[0], height=p.size[1],
+                    frame_buffer=p.frame_buffer,
+                    cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
+                    allow_build=p.allow_build,
+                )
+            except Exception as exc:
+                raise StartupError(f"acceleration {p.acceleration!r}: {exc}") from None
+        self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner)
+        log.info(
+            "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
+            p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],
+            components.info["device"], self.engine.pipeline.latency_frames,
+        )
+
+    def _cold(self) -> ColdSettings:
+        p, m = self.cfg.pipeline, self.cfg.model
+        return ColdSettings(
+            model=m.model, vae=m.vae, size=tuple(p.size), steps=len(p.steps), frame_buffer=p.frame_buffer,
+            cfg=p.cfg, acceleration=p.acceleration,
+        )
+
+    def _build_control(self) -> None:
+        import torch
+
+        engine = self.engine
+        encoder = engine.encoder
+        side_stream = torch.cuda.Stream(device=encoder.device) if encoder.device.type == "cuda" else None
+
+        def encode(text: str):
+            # runs on the prompt-encoder thread; touches only the text encoder
+            if side_stream is None:
+                return encoder.encode(text)
+            with torch.cuda.stream(side_stream):
+                emb = encoder.encode(text)
+            side_stream.synchronize()
+            return emb
+
+        def on_encode_error(text: str, exc: BaseException) -> None:
+            self._fb_queue.put(("error", ("/sd/prompt", f"cannot encode prompt: {exc}")))
+
+        self.cache = PromptCache(encode, capacity=self.cfg.presets.cache_size, on_error=on_encode_error)
+        if self.options.presets:
+            folder = Path(self.cfg.presets.folder)
+            if not folder.is_dir():
+                raise StartupError(f"presets folder {folder} does not exist (set presets.folder or --presets)")
+            self.presets = PresetStore(folder)
+            for name, reason in self.presets.errors().items():
+                log.warning("preset %s is not usable: %s", name, reason)
+        params = self.cfg.params.model_dump()
+        if params.get("strength") is None:
+            from stream_core.schedule import t_index_list_to_strength
+
+            params["strength"] = round(t_index_list_to_strength(self.engine.pipeline.t_index_list), 4)
+        self.controller = LiveController(
+            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
+            feedback=lambda changed: self._fb_queue.put(("params", changed)),
+            error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
+            status=self._set_status,
+        )
+        v = self.controller.values
+        warm = self.controller.prewarm([v["prompt"], v["negative_prompt"]])
+        warm.wait(30.0)
+        if self.presets is not None:
+            handle = self.controller.prewarm()
+            if self.options.prewarm_timeout > 0:
+                handle.wait(self.options.prewarm_timeout)
+            self.presets.start_watching(self.controller.notify_presets_changed)
+            if self.cfg.presets.initial:
+                from bridge.control.surface import RecallPreset
+
+                self.controller.submit([RecallPreset(self.cfg.presets.initial)])
+
+    def _set_status(self, key: str, value: Any) -> None:
+        self._status_extra[key] = value
+        self._fb_queue.put(("status", {key: value}))
+
+    def _build_osc(self) -> None:
+        from bridge.control.feedback import FeedbackSender
+        from bridge.control.server import OscServer
+        from bridge.control.surface import ControlSurface
+
+        o = self.cfg.osc
+        try:
+            self.feedback = FeedbackSender(o.feedback, ranges=o.ranges, status_hz=max(o.status_rate, 0.01))
+        except ValueError as exc:
+            raise StartupError(f"osc.feedback: {exc}") from None
+        if not (o.enabled and self.options.osc):
+            return
+        host, _, port_s = o.listen.rpartition(":")
+        try:
+            port = int(port_s)
+        except ValueError:
+            raise StartupError(f"osc.listen should be HOST:PORT, got {o.listen!r}") from None
+
+        def on_error(address: str, reason: str) -> None:
+            self._fb_queue.put(("error", (address, reason)))
+
+        try:
+            self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.controller.submit, on_error=on_error,
+                                 allow=o.allow, surface=ControlSurface(o.ranges))
+            self.osc.start()
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot listen for OSC on {o.listen}: {exc}") from None
+        log.info("OSC listening on %s:%d%s", *self.osc.address, f", feedback to {', '.join(o.feedback)}" if o.feedback else "")
+
+    def _build_io(self) -> None:
+        w, h = self.cfg.pipeline.size
+        resizer = Resizer(w, h, self.cfg.output.resize)
+        src_cfg = self.cfg.source
+
+        def on_state(state: str, detail: str) -> None:
+            self._fb_queue.put(("status", {"source": state}))
+
+        self.source_worker = SourceWorker(lambda: create_source(src_cfg), resizer, self.frames_in, self.metrics,
+                                          on_state=on_state, name=f"source:{src_cfg.type}")
+        fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
+        sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
+        self.publisher = Publisher(
+            sinks, float(fps), self.frames_out.take_latest, self.metrics, self.cfg.output.no_signal,
+            source_state=lambda: self.source_worker.state, size=self.cfg.output.size, default_size=(w, h),
+        )
+
+    def start(self) -> None:
+        """Build everything and start the threads. Raises :class:`StartupError` on fatal problems."""
+        t0 = time.perf_counter()
+        self._build_engine()
+        self._build_control()
+        self._build_osc()
+        self._build_io()
+        self.publisher.start()
+        render = threading.Thread(target=self._render_loop, name="render", daemon=True)
+        fb = threading.Thread(target=self._feedback_loop, name="feedback", daemon=True)
+        self._threads = [render, fb]
+        render.start()
+        fb.start()
+        self.source_worker.start()
+        log.info("StreamBridge running (start-up %.1f s)", time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ threads
+    def _render_loop(self) -> None:
+        engine = self.engine
+        ctrl = self.controller
+        f = engine.settings.frame_buffer_size
+        latency = engine.pipeline.latency_frames
+        in_flight: collections.deque[tuple[float, int]] = collections.deque()
+        pending: list[FramePacket] = []
+        while not self._stop.is_set():
+            packet = self.frames_in.get(timeout=0.05)
+            try:
+                ctrl.tick()
+            except Exception:
+                log.exception("control tick failed")
+            if packet is None:
+                continue
+            pending.append(packet)
+            if len(pending) < f:
+                continue
+            batch, pending = pending, []
+            values = ctrl.values
+            try:
+                rgb_in = np.stack([pk.rgb for pk in batch])
+                if values["bypass"]:
+                    out = rgb_in
+                    in_flight.clear()
+                    meta = [(pk.t_capture, pk.seq) for pk in batch]
+                else:
+                    out = engine.process(rgb_in)
+                    if engine.pipeline.last_skipped:
+                        self.metrics.count("skipped")
+                        continue
+                    for pk in batch:
+                        in_flight.append((pk.t_capture, pk.seq))
+                    # the frames leaving now entered `latency` calls ago
+                    meta = []
+                    while len(in_flight) > latency * f:
+                        meta.append(in_flight.popleft())
+                    meta = meta[-f:] if meta else [(pk.t_capture, pk.seq) for pk in batch]
+                    mix = float(values["mix"])
+                    if mix < 1.0:
+                        out = _blend(rgb_in, out, mix)
+                self.frames_rendered += len(batch)
+                self.metrics.count("processed", len(batch))
+                for j in range(out.shape[0]):
+                    t_cap, seq = meta[min(j, len(meta) - 1)]
+                    self.frames_out.put(FramePacket(out[j], t_cap, seq))
+            except Exception as exc:  # keep the show going: the publisher repeats the last frame
+                self.render_errors += 1
+                self.metrics.count("render_errors")
+                if self.render_errors <= 3 or self.render_errors % 100 == 0:
+                    log.error("render failed (%d so far): %s", self.render_errors, exc)
+
+    def _feedback_loop(self) -> None:
+        fb = self.feedback
+        rate = self.cfg.osc.status_rate
+        while not self._stop.is_set():
+            try:
+                kind, payload = self._fb_queue.get(timeout=0.05)
+            except queue.Empty:
+                kind = None
+            if fb is None:
+                continue
+            try:
+                if kind == "params":
+                    fb.send_params(payload)
+                elif kind == "error":
+                    fb.send_error(*payload)
+                    log.info("rejected %s: %s", *payload)
+                elif kind == "status":
+                    fb.send_status(payload)
+                if rate > 0 and fb.targets:
+                    fb.maybe_send_status(self.status)
+            except Exception:
+                log.exception("feedback failed")
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        snap = self.metrics.snapshot()
+        lat = snap.get("latency", {}).get("end_to_end", {}) if isinstance(snap.get("latency"), dict) else {}
+        dropped = sum(v for k, v in snap.get("counters", {}).items() if "drop" in k) if isinstance(
+            snap.get("counters"), dict) else 0
+        return {
+            "fps": round(float(self.publisher.fps if self.publisher else 0.0), 2),
+            "fps_processed": round(self.metrics.rate("processed"), 2),
+            "latency_ms": round(float(lat.get("p50_ms") or 0.0), 2),
+            "source": self.source_worker.state if self.source_worker else "idle",
+            "preset": self._status_extra.get("preset", ""),
+            "dropped": int(dropped),
+        }
+
+    # ------------------------------------------------------------------ stop
+    def wait(self, duration: float | None = None) -> None:
+        end = None if duration is None else time.monotonic() + duration
+        while not self._stop.is_set():
+            if end is not None and time.monotonic() >= end:
+                break
+            self._stop.wait(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop capture, finish the frame in flight, release senders and receivers."""
+        log.info("stopping")
+        if self.source_worker is not None:
+            self.source_worker.stop(timeout=2.0)
+        self._stop.set()
+        self.frames_in.close()
+        for t in self._threads:
+            t.join(timeout=10.0)
+        if self.publisher is not None:
+            self.publisher.stop(timeout=2.0)
+        if self.osc is not None:
+            self.osc.stop()
+        if self.presets is not None:
+            self.presets.stop()
+        if self.cache is not None:
+            self.cache.stop()
+        if self.controller is not None:
+            self.controller.close()
+        if self.feedback is not None:
+            self.feedback.close()
+        log.info("stopped: %d frames rendered, %d render errors", self.frames_rendered, self.render_errors)
+
+
+def _blend(dry: np.ndarray, wet: np.ndarray, mix: float) -> np.ndarray:
+    """Dry/wet mix of uint8 frames (cv2.addWeighted is the fastest path on the CPU)."""
+    import cv2
+
+    out = np.empty_like(wet)
+    for j in range(wet.shape[0]):
+        cv2.addWeighted(wet[j], mix, dry[j], 1.0 - mix, 0.0, dst=out[j])
+    return out

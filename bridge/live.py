@@ -1,0 +1,400 @@
+"""Live state: turns accepted control commands into pipeline changes, on the render thread.
+
+Other threads (OSC receiver, prompt encoder, preset watcher) only *submit* to an inbox; the render
+loop calls :meth:`LiveController.tick` once before each frame, which drains the inbox, applies
+every change (so an accepted parameter takes effect on the next frame the loop starts), advances a
+running morph and reports what changed. Nothing here blocks: prompt texts are encoded by the
+prompt cache's own thread, and preset saves run on a small worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bridge.control.surface import DumpState, RecallPreset, SavePreset, SetParams, StepPreset
+from bridge.params import PARAMS, default_values
+from bridge.presets import ColdSettings, Preset, PresetStore
+from bridge.prompt_cache import PromptCache
+from stream_core.blend import slerp
+from stream_core.pipeline import StreamPipeline
+
+log = logging.getLogger("streambridge.live")
+
+PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
+MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix")
+
+
+@dataclass
+class _Morph:
+    t0: float
+    duration: float
+    preset: str
+    start: dict[str, Any]  # float params at the start
+    target: dict[str, Any]  # float params at the end
+    pos_from: torch.Tensor | None
+    pos_to: torch.Tensor | None
+    neg_from: torch.Tensor | None
+    neg_to: torch.Tensor | None
+    noise_from: torch.Tensor | None
+    noise_to: torch.Tensor | None
+    target_seed: int | None
+
+
+class LiveController:
+    """Owns the live parameter values and the pipeline's conditioning.
+
+    ``feedback(changed)`` is called with every applied change (dict name -> value), ``error(address,
+    reason)`` with every refused command, ``status(key, value)`` for preset/warm-up status. All three
+    must be non-blocking (they enqueue).
+    """
+
+    def __init__(
+        self,
+        pipeline: StreamPipeline,
+        cache: PromptCache,
+        presets: PresetStore | None,
+        cold: ColdSettings,
+        *,
+        initial: dict[str, Any] | None = None,
+        feedback: Callable[[dict[str, Any]], None] = lambda changed: None,
+        error: Callable[[str, str], None] = lambda address, reason: None,
+        status: Callable[[str, Any], None] = lambda key, value: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipeline = pipeline
+        self.cache = cache
+        self.presets = presets
+        self.cold = cold
+        self._feedback = feedback
+        self._error = error
+        self._status = status
+        self._clock = clock
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.values: dict[str, Any] = default_values()
+        if initial:
+            self.values.update(initial)
+        self.current_preset: str | None = None
+        self._morph: _Morph | None = None
+        self._pending_recall: tuple[str, Preset, str] | None = None
+        self._conditioning_dirty = True
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
+        self._lock = threading.Lock()
+        self.applied_batches = 0
+
+    # ------------------------------------------------------------------ thread-safe submission
+    def submit(self, batch: list[Any]) -> None:
+        """Queue one validated batch (applied whole on the next frame). Never blocks."""
+        self._inbox.put(("batch", batch))
+
+    def notify_presets_changed(self, changed: dict[str, Preset], removed: list[str], errors: dict[str, str]) -> None:
+        self._inbox.put(("presets", (changed, removed, errors)))
+
+    def _embedding_ready(self, text: str, value: Any) -> None:
+        self._inbox.put(("embed", text))
+
+    # ------------------------------------------------------------------ render-thread side
+    def tick(self, now: float | None = None) -> None:
+        """Apply everything queued, advance the morph. Call once per frame on the render thread."""
+        now = self._clock() if now is None else now
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                if kind == "batch":
+                    self._apply_batch(payload, now)
+                elif kind == "embed":
+                    self._conditioning_dirty = True
+                elif kind == "presets":
+                    self._presets_changed(*payload)
+            except Exception as exc:  # a bug must not kill the render loop; report it
+                log.exception("control command failed")
+                self._error("/sd", f"internal error: {exc}")
+        if self._pending_recall is not None:
+            name, preset, origin = self._pending_recall
+            if all(self.cache.get(t) is not None for t in self._texts_for(preset)):
+                self._pending_recall = None
+                self._start_recall(name, preset, now, origin)
+        if self._morph is not None:
+            self._advance_morph(now)
+        if self._conditioning_dirty and (self._morph is None or self._morph.pos_to is None):
+            self._update_conditioning()
+
+    # ------------------------------------------------------------------ commands
+    def _apply_batch(self, batch: list[Any], now: float) -> None:
+        self.applied_batches += 1
+        for cmd in batch:
+            if isinstance(cmd, SetParams):
+                self._set_params(cmd.values)
+            elif isinstance(cmd, RecallPreset):
+                self._recall(cmd.ref, now)
+            elif isinstance(cmd, StepPreset):
+                if self.presets is None or not self.presets.names():
+                    self._error("/sd/preset/next" if cmd.delta > 0 else "/sd/preset/prev", "no presets loaded")
+                    continue
+                name = self.presets.step(self.current_preset, cmd.delta)
+                if name is not None:
+                    self._recall(name, now)
+            elif isinstance(cmd, SavePreset):
+                self._save(cmd.name)
+            elif isinstance(cmd, DumpState):
+                self._feedback(dict(self.values))
+                self._status("preset", self.current_preset or "")
+
+    def _set_params(self, values: dict[str, Any]) -> None:
+        changed: dict[str, Any] = {}
+        for name, value in values.items():
+            if self._morph is not None:
+                self._morph_drop(name)
+            if self.values.get(name) == value:
+                continue
+            self.values[name] = value
+            changed[name] = value
+            if name in PROMPT_KEYS:
+                self._conditioning_dirty = True
+                if value or name in ("prompt", "negative_prompt"):
+                    self.cache.request_debounced(name, value, on_ready=self._embedding_ready)
+            elif name == "prompt_mix":
+                self._conditioning_dirty = True
+            elif name == "strength":
+                self.pipeline.set_strength(value)
+            elif name == "guidance":
+                self.pipeline.set_guidance_scale(value)
+            elif name == "delta":
+                self.pipeline.set_delta(value)
+            elif name == "seed":
+                self.pipeline.set_seed(value)
+            elif name == "filter_threshold":
+                self.pipeline.set_filter(value)
+            # bypass, mix, transition are read by the render loop / recalls
+        if changed:
+            self._feedback(changed)
+
+    def _texts_for(self, preset: Preset) -> list[str]:
+        return [t for t in preset.prompt_texts() if t]
+
+    def _resolve(self, ref: str | int) -> tuple[str, Preset] | None:
+        if self.presets is None:
+            return None
+        if isinstance(ref, int):
+            return self.presets.by_index(ref)
+        p = self.presets.get(ref)
+        return (ref, p) if p is not None else None
+
+    def _recall(self, ref: str | int, now: float, origin: str = "/sd/preset") -> None:
+        found = self._resolve(ref)
+        if found is None:
+            count = len(self.presets.names()) if self.presets else 0
+            self._error(origin, f"no preset {ref!r} ({count} loaded)")
+            return
+        name, preset = found
+        conflicts = preset.cold_conflicts(self.cold)
+        if conflicts:
+            self._error(origin, f"preset {name!r} needs a rebuild, refused mid-show: " + "; ".join(conflicts))
+            return
+        missing = [t for t in self._texts_for(preset) if self.cache.request(t, self._embedding_ready) is None]
+        if missing:
+            # pre-warm normally makes this impossible; wait for the encoder without stalling
+            log.info("preset %s: %d prompt(s) still encoding; recall applies when ready", name, len(missing))
+            self._pending_recall = (name, preset, origin)
+            return
+        self._start_recall(name, preset, now, origin)
+
+    def _start_recall(self, name: str, preset: Preset, now: float, origin: str) -> None:
+        hot = preset.hot_values()
+        target = dict(self.values)
+        target.update(hot)
+        duration = float(hot.get("transition", self.values["transition"]))
+        self.current_preset = name
+        self._status("preset", name)
+        if duration <= 0:
+            self._morph = None
+            changed = {k: v for k, v in target.items() if self.values.get(k) != v}
+            self._set_params(changed)
+            self._update_conditioning()
+            log.info("preset %s recalled (cut)", name)
+            return
+        # morph: float knobs, embeddings and noise move frame by frame; the rest cuts now
+        start_pos, start_neg = self._current_embeds()
+        cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k != "seed"}
+        self._set_params({k: v for k, v in cut.items() if self.values.get(k) != v})
+        saved = dict(self.values)
+        self.values.update({k: target[k] for k in PROMPT_KEYS + ("prompt_mix",)})
+        end_pos, end_neg = self._embeds_for_values()
+        self.values = saved
+        seed_to = int(target["seed"])
+        self._morph = _Morph(
+            t0=now, duration=duration, preset=name,
+            start={k: float(self.values[k]) for k in MORPH_FLOATS},
+            target={k: float(target[k]) for k in MORPH_FLOATS},
+            pos_from=start_pos, pos_to=end_pos, neg_from=start_neg, neg_to=end_neg,
+            noise_from=self.pipeline.noise.clone(),
+            noise_to=self.pipeline.noise_for_seed(seed_to) if seed_to != self.values["seed"] else None,
+            target_seed=seed_to,
+        )
+        self._morph_texts = {k: target[k] for k in PROMPT_KEYS}
+        log.info("preset %s: morphing over %.2f s", name, duration)
+
+    def _morph_drop(self, name: str) -> None:
+        m = self._morph
+        if m is None:
+            return
+        if name in m.target:
+            m.start.pop(name, None)
+            m.target.pop(name, None)
+        elif name in PROMPT_KEYS:
+            m.pos_to = m.neg_to = None
+        elif name == "seed":
+            m.noise_to = None
+            m.target_seed = None
+
+    def _advance_morph(self, now: float) -> None:
+        m = self._morph
+        assert m is not None
+        u = min(1.0, max(0.0, (now - m.t0) / m.duration))
+        for k in m.target:
+            v = m.start[k] + (m.target[k] - m.start[k]) * u
+            self._apply_float(k, v)
+        if m.pos_from is not None and m.pos_to is not None:
+            neg = slerp(m.neg_from, m.neg_to, u) if m.neg_from is not None and m.neg_to is not None else None
+            self.pipeline.set_prompt_embeds(slerp(m.pos_from, m.pos_to, u), neg)
+        if m.noise_to is not None:
+            self.pipeline.set_noise(slerp(m.noise_from.float(), m.noise_to.float(), u))
+        if u >= 1.0:
+            self._finish_morph()
+
+    def _apply_float(self, name: str, v: float) -> None:
+        if name == "strength":
+            self.pipeline.set_strength(min(1.0, max(0.0, v)))
+        elif name == "guidance":
+            self.pipeline.set_guidance_scale(v)
+        elif name == "delta":
+            self.pipeline.set_delta(v)
+        # prompt_mix is folded into the embedding slerp
+
+    def _finish_morph(self) -> None:
+        m = self._morph
+        assert m is not None
+        self._morph = None
+        final: dict[str, Any] = {k: m.target[k] for k in m.target}
+        if m.pos_to is not None:
+            final.update(self._morph_texts)
+        if m.target_seed is not None:
+            final["seed"] = m.target_seed
+        changed = {k: v for k, v in final.items() if self.values.get(k) != v}
+        self._set_params(changed)
+        if m.target_seed is not None:
+            self.pipeline.set_seed(m.target_seed)  # exact noise of the target seed
+        self._update_conditioning()
+        log.info("preset %s: morph done", m.preset)
+
+    # ------------------------------------------------------------------ conditioning
+    def _embeds_for_values(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        v = self.values
+        a_text = v["prompt_a"] or v["prompt"]
+        b_text = v["prompt_b"]
+        a = self.cache.get(a_text)
+        pos = a
+        if b_text:
+            b = self.cache.get(b_text)
+            if a is not None and b is not None:
+                pos = slerp(a, b, float(v["prompt_mix"]))
+            else:
+                pos = None
+        neg = self.cache.get(v["negative_prompt"])
+        return pos, neg
+
+    def _current_embeds(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.pipeline.prompt_embeds, self.pipeline.negative_prompt_embeds
+
+    def _update_conditioning(self) -> None:
+        """Apply the embeddings for the current texts if they are all encoded; else keep the old
+        ones (the encoder thread will wake us when it is done)."""
+        pos, neg = self._embeds_for_values()
+        if pos is None:
+            return
+        needs_neg = self.pipeline.cfg_type in ("full", "initialize")
+        if neg is None and needs_neg:
+            return
+        self.pipeline.set_prompt_embeds(pos, neg)
+        self._conditioning_dirty = False
+
+    # ------------------------------------------------------------------ presets
+    def _presets_changed(self, changed: dict[str, Preset], removed: list[str], errors: dict[str, str]) -> None:
+        for name, reason in errors.items():
+            self._error("/sd/preset", f"preset file {name}: {reason}")
+        if self.presets is None:
+            return
+        texts: list[str] = []
+        for _, p in self.presets.items():
+            texts += self._texts_for(p)
+        self.cache.set_pinned(texts)
+        fresh = [t for name, p in changed.items() for t in self._texts_for(p)]
+        if fresh:
+            self.prewarm(fresh)
+        if changed or removed:
+            log.info("presets reloaded: %d changed, %d removed", len(changed), len(removed))
+
+    def prewarm(self, texts: list[str] | None = None) -> Any:
+        """Encode every preset's prompts ahead of use (on the encoder thread)."""
+        if texts is None:
+            texts = []
+            if self.presets is not None:
+                for _, p in self.presets.items():
+                    texts += self._texts_for(p)
+        texts = list(dict.fromkeys(texts))
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 4 == 0:
+                log.info("pre-warming preset prompts: %d/%d", done, total)
+            self._status("preset", f"warming {done}/{total}" if done < total else (self.current_preset or "ready"))
+
+        return self.cache.prewarm(texts, pin=True, on_progress=progress)
+
+    def _save(self, name: str) -> None:
+        if self.presets is None:
+            self._error("/sd/preset/save", "no preset folder configured")
+            return
+        hot = {k: v for k, v in self.values.items() if k not in ("bypass",)}
+        try:
+            preset = Preset.model_validate({k: v for k, v in hot.items() if k in Preset.model_fields})
+            self.presets.target_path(name)  # name checks before anything touches the disk
+        except Exception as exc:
+            self._error("/sd/preset/save", str(exc).splitlines()[0])
+            return
+
+        def work() -> None:
+            try:
+                path = self.presets.save(name, preset)
+                log.info("saved preset %s to %s", name, path)
+            except Exception as exc:
+                log.error("saving preset %s failed: %s", name, exc)
+                self._error("/sd/preset/save", str(exc).splitlines()[0])
+
+        self._saver.submit(work)
+
+    def close(self) -> None:
+        self._saver.shutdown(wait=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def merge_initial(params: dict[str, Any]) -> dict[str, Any]:
+    """Initial values from the config, checked against the parameter table."""
+    out = {}
+    for k, v in params.items():
+        if v is None:
+            continue
+        out[k] = PARAMS[k].check(v)
+    return out
