@@ -328,17 +328,19 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
+        """What /sd/status/* reports: output and processed fps, end-to-end latency, source state,
+        preset, and frames dropped by the mailboxes."""
         snap = self.metrics.snapshot()
-        lat = snap.get("latency", {}).get("end_to_end", {}) if isinstance(snap.get("latency"), dict) else {}
-        dropped = sum(v for k, v in snap.get("counters", {}).items() if "drop" in k) if isinstance(
-            snap.get("counters"), dict) else 0
+        lat = snap["latency_ms"].get("end_to_end") or {}
         return {
-            "fps": round(float(self.publisher.fps if self.publisher else 0.0), 2),
-            "fps_processed": round(self.metrics.rate("processed"), 2),
+            "fps": round(float(snap["fps"].get("published", 0.0)), 2),
+            "fps_processed": round(float(snap["fps"].get("processed", 0.0)), 2),
             "latency_ms": round(float(lat.get("p50_ms") or 0.0), 2),
+            "latency_p95_ms": round(float(lat.get("p95_ms") or 0.0), 2),
             "source": self.source_worker.state if self.source_worker else "idle",
-            "preset": self._status_extra.get("preset", ""),
-            "dropped": int(dropped),
+            "preset": str(self._status_extra.get("preset", "")),
+            "dropped": int(sum(snap["dropped"].values())),
+            "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
         }
 
     # ------------------------------------------------------------------ stop

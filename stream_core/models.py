@@ -162,6 +162,7 @@ def load_components(spec: ModelSpec) -> Components:
 
     # the libraries' own chatter (progress bars, casting notes) is noise in a show log
     d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
@@ -170,7 +171,8 @@ def load_components(spec: ModelSpec) -> Components:
     finally:
         dlog.set_verbosity(d_level)
         tlog.set_verbosity(t_level)
-        tlog.enable_progress_bar()
+        if bars:
+            tlog.enable_progress_bar()
 
 
 def _load_components(spec: ModelSpec) -> Components:
