@@ -1,0 +1,253 @@
+"""OSC feedback: parameter echo, status telemetry and rate-limited error replies.
+
+Everything here is thread-safe and never raises on network trouble: a failed send is logged at
+DEBUG and counted (:meth:`FeedbackSender.stats`), because a feedback target that went away (a
+closed TouchOSC, an unplugged laptop) must never disturb the show. Datagrams leave through a
+non-blocking transport (:class:`bridge.control.server.UdpSender` by default); the logic here is
+pure and takes an injectable transport and clock for tests.
+
+What is sent (see docs/osc.md):
+
+* ``send_params({"guidance": 3.0, ...})``: each value on its own address (``/sd/guidance f``);
+  numbers also on ``/sd/norm/<param>`` as 0..1 over the control range, so faders mapped to the
+  normalized addresses follow too. Booleans are sent as int 0/1 (what faders and toggles read).
+* ``send_status({"fps": 29.8, ...})`` on ``/sd/status/<key>``; ``maybe_send_status`` does so at
+  most ``status_hz`` times a second.
+* ``send_error(address, reason)`` on ``/sd/error s s``, through a token bucket (``error_burst``
+  at once, ``error_rate`` per second sustained). Suppressed replies are counted, and the next
+  reply that goes out says how many were suppressed before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from bridge.control.codec import encode_message
+from bridge.control.server import UdpSender
+from bridge.control.surface import validate_ranges
+from bridge.params import NORM_PREFIX, PARAMS, normalize
+
+log = logging.getLogger("bridge.control.feedback")
+
+ERROR_ADDRESS = "/sd/error"
+STATUS_PREFIX = "/sd/status/"
+MAX_REASON_CHARS = 300
+_STATUS_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+Dest = Any  # whatever the transport's resolve() returns
+
+
+class Transport(Protocol):
+    def resolve(self, host: str, port: int) -> Dest: ...
+
+    def send(self, data: bytes, dest: Dest) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def parse_target(spec: str) -> tuple[str, int]:
+    """Parse a feedback target ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6). Raises ValueError."""
+    hint = "expected HOST:PORT, e.g. 127.0.0.1:9401 or [::1]:9401"
+    text = spec.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or not text[close + 1 :].startswith(":"):
+            raise ValueError(f"feedback target {spec!r}: {hint}")
+        host, port_text = text[1:close], text[close + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"feedback target {spec!r}: {hint}")
+    if not host:
+        raise ValueError(f"feedback target {spec!r}: missing host ({hint})")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"feedback target {spec!r}: port must be 1..65535 ({hint})")
+    return host, int(port_text)
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second. Thread-safe."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        if rate <= 0 or burst < 1:
+            raise ValueError("token bucket needs rate > 0 and burst >= 1")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+
+def _osc_value(value: Any) -> Any:
+    """bool -> int 0/1; numbers (numpy's too) -> int/float; str as is; anything else -> str."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+class FeedbackSender:
+    """Sends OSC feedback to every target (``(host, port)`` tuples or ``"HOST:PORT"`` strings).
+
+    Targets are resolved once, here (ValueError on a bad spec or an unknown host). ``ranges`` are
+    the ``/sd/norm`` control ranges (same as the :class:`ControlSurface`'s); with
+    ``echo_normalized`` numeric parameters are echoed on ``/sd/norm/<param>`` as well.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[tuple[str, int] | str],
+        *,
+        ranges: Mapping[str, Any] | None = None,
+        echo_normalized: bool = True,
+        status_hz: float = 2.0,
+        error_rate: float = 5.0,
+        error_burst: int = 10,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if status_hz <= 0:
+            raise ValueError("status_hz must be > 0")
+        self.transport: Transport = transport if transport is not None else UdpSender()
+        self.targets: list[tuple[str, int]] = []
+        self._dests: list[Dest] = []
+        for target in targets:
+            host, port = parse_target(target) if isinstance(target, str) else target
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"feedback target {target!r}: port must be 1..65535")
+            if (host, port) in self.targets:
+                continue
+            self._dests.append(self.transport.resolve(host, port))
+            self.targets.append((host, port))
+        self.ranges = validate_ranges(ranges)
+        self.echo_normalized = echo_normalized
+        self.status_interval = 1.0 / status_hz
+        self._clock = clock
+        self._next_status = clock()
+        self._errors = TokenBucket(error_rate, error_burst, clock)
+        self._lock = threading.Lock()
+        self._pending_suppressed = 0
+        self._warned: set[str] = set()
+        self._counts = dict.fromkeys(
+            ("sent", "send_errors", "errors_sent", "errors_suppressed", "skipped"), 0
+        )
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def send_params(self, changed: Mapping[str, Any]) -> None:
+        """Echo changed parameters (name -> value) on their addresses."""
+        for name, value in changed.items():
+            spec = PARAMS.get(name)
+            if spec is None:
+                self._skip(f"unknown parameter {name!r}")
+                continue
+            self._send(spec.address, _osc_value(value))
+            if self.echo_normalized and spec.kind in (int, float):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    continue
+                rng = self.ranges.get(name)
+                norm_address = NORM_PREFIX + spec.address[len("/sd") :]
+                self._send(norm_address, float(normalize(spec, value, rng)))
+
+    def send_status(self, status: Mapping[str, Any]) -> None:
+        """Send each entry on ``/sd/status/<key>`` (keys: lower-case letters, digits, ``_``)."""
+        for key, value in status.items():
+            if not isinstance(key, str) or not _STATUS_KEY_RE.match(key):
+                self._skip(f"bad status key {key!r}")
+                continue
+            if value is None:
+                continue
+            self._send(STATUS_PREFIX + key, _osc_value(value))
+
+    def maybe_send_status(self, get_status: Callable[[], Mapping[str, Any]]) -> bool:
+        """Call ``get_status()`` and send it if a status update is due (``status_hz``)."""
+        now = self._clock()
+        with self._lock:
+            if now < self._next_status:
+                return False
+            self._next_status += self.status_interval
+            if self._next_status <= now:  # we were not called for a while: restart the cadence
+                self._next_status = now + self.status_interval
+        self.send_status(get_status())
+        return True
+
+    def send_error(self, address: str, reason: str) -> bool:
+        """Reply ``/sd/error address reason`` unless rate-limited. Returns True if sent."""
+        if not self._errors.take():
+            with self._lock:
+                self._counts["errors_suppressed"] += 1
+                self._pending_suppressed += 1
+                first = self._pending_suppressed == 1
+            if first:
+                log.info("rate-limiting /sd/error replies (latest: %s: %s)", address, reason)
+            return False
+        with self._lock:
+            suppressed, self._pending_suppressed = self._pending_suppressed, 0
+            self._counts["errors_sent"] += 1
+        text = reason[:MAX_REASON_CHARS]
+        if suppressed:
+            text += f" ({suppressed} earlier errors suppressed)"
+        self._send(ERROR_ADDRESS, address, text)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """``sent`` datagrams, ``send_errors``, ``errors_sent``, ``errors_suppressed``, ``skipped``."""
+        with self._lock:
+            return dict(self._counts)
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        except OSError as exc:
+            log.debug("closing the feedback transport: %s", exc)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _skip(self, why: str) -> None:
+        with self._lock:
+            self._counts["skipped"] += 1
+            first = why not in self._warned and len(self._warned) < 100
+            if first:
+                self._warned.add(why)
+        # a bug in the caller would repeat every frame: warn once per distinct reason
+        log.log(logging.WARNING if first else logging.DEBUG, "feedback: skipped %s", why)
+
+    def _send(self, address: str, *args: Any) -> None:
+        try:
+            clean = [a.replace("\x00", "") if isinstance(a, str) else a for a in args]
+            data = encode_message(address, *clean)
+        except (ValueError, TypeError, OverflowError) as exc:
+            self._skip(f"{address}: cannot encode {args!r}: {exc}")
+            return
+        for dest in self._dests:
+            try:
+                self.transport.send(data, dest)
+            except OSError as exc:
+                with self._lock:
+                    self._counts["send_errors"] += 1
+                log.debug("feedback send of %s to %s failed: %s", address, dest, exc)
+            else:
+                with self._lock:
+                    self._counts["sent"] += 1
