@@ -1,0 +1,279 @@
+"""Video files through OpenCV (FFmpeg): a looping file / image-folder source and a file writer sink.
+
+The source paces itself to the file's frame rate (or the configured one) through ``read(timeout)``
+like the test pattern, decoding the next image *before* waiting so decode time does not add to
+the frame's age. Frames are BGR, as OpenCV decodes them. Image folders play in natural name order
+(``f2.png`` before ``f10.png``); images of different sizes are passed on as they are (the runtime
+resizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import Field, field_validator
+
+from bridge.io._common import FrameClock, SinkConfig, SourceConfig, as_rgb, natural_key
+from bridge.io.base import Frame, FrameError, FrameSink, FrameSource, PixelFormat, SourceGone
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+_DEFAULT_FPS = 30.0
+_MAX_FILE_FPS = 240.0
+
+
+def _decode_image(path: Path) -> np.ndarray | None:
+    """Read an image as 8-bit BGR (``np.fromfile`` + ``imdecode`` also handles non-ASCII paths
+    on Windows, which ``cv2.imread`` does not)."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        log.warning("cannot read image %s: %s", path, exc)
+        return None
+    if data.size == 0:
+        return None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        return None
+    return img
+
+
+class VideoSourceConfig(SourceConfig):
+    """Play a video file, or a folder of images, in a loop."""
+
+    type: Literal["video"] = "video"
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=4096,
+        description="A video file (anything FFmpeg reads) or a folder of images "
+        "(png/jpg/bmp/tif/webp, played in natural name order).",
+    )
+    fps: float | None = Field(
+        None,
+        gt=0,
+        le=240,
+        description="Playback rate. Default: the file's own rate (30 for image folders and "
+        "files that do not say).",
+    )
+
+
+class VideoSource(FrameSource):
+    kind = "video"
+
+    def __init__(
+        self,
+        cfg: VideoSourceConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cfg = cfg
+        self._clock_fn = clock
+        self._sleep = sleep
+        self._cap: Any = None
+        self._files: list[Path] = []
+        self._index = 0
+        self._fps = _DEFAULT_FPS
+        self._frame_clock: FrameClock | None = None
+        self._pending: np.ndarray | None = None
+        self._seq = 0
+        self.loops = 0
+
+    def open(self) -> None:
+        path = Path(self.cfg.path).expanduser()
+        if path.is_dir():
+            self._files = sorted(
+                (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda p: natural_key(p.name),
+            )
+            if not self._files:
+                raise SourceGone(
+                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}"
+                )
+            self._fps = self.cfg.fps or _DEFAULT_FPS
+            log.info(
+                "image-folder source %s: %d images @ %g fps", path, len(self._files), self._fps
+            )
+        elif path.is_file():
+            cap = cv2.VideoCapture(str(path))
+            if not cap.isOpened():
+                cap.release()
+                raise SourceGone(f"OpenCV cannot open video file {path}")
+            self._cap = cap
+            file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            if self.cfg.fps:
+                self._fps = self.cfg.fps
+            elif 0.0 < file_fps <= _MAX_FILE_FPS:
+                self._fps = file_fps
+            else:
+                self._fps = _DEFAULT_FPS
+                log.warning(
+                    "%s does not give a usable frame rate (%r); playing at %g fps",
+                    path,
+                    file_fps,
+                    self._fps,
+                )
+            log.info("video source %s @ %g fps", path, self._fps)
+        else:
+            raise SourceGone(f"video path {path} does not exist")
+        self._index = 0
+        self._seq = 0
+        self._pending = None
+        self.loops = 0
+        self._frame_clock = FrameClock(self._fps, self._clock_fn, self._sleep)
+
+    def _next_video_frame(self) -> np.ndarray:
+        cap = self._cap
+        ok, img = cap.read()
+        if not ok:
+            # end of file: rewind; some containers cannot seek, so reopen if that fails
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, img = cap.read()
+            if not ok:
+                cap.release()
+                cap = self._cap = cv2.VideoCapture(str(Path(self.cfg.path).expanduser()))
+                ok, img = cap.read() if cap.isOpened() else (False, None)
+            if not ok:
+                raise SourceGone(f"video file {self.cfg.path} yields no frames")
+            self.loops += 1
+        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise SourceGone(f"video file {self.cfg.path} decoded to an unusable frame")
+        return img
+
+    def _next_folder_image(self) -> np.ndarray:
+        for _ in range(len(self._files)):
+            path = self._files[self._index]
+            self._index += 1
+            if self._index >= len(self._files):
+                self._index = 0
+                self.loops += 1
+            img = _decode_image(path)
+            if img is not None:
+                return img
+            log.warning("skipping unreadable image %s", path)
+        raise SourceGone(f"no readable images in folder {self.cfg.path}")
+
+    def read(self, timeout: float) -> Frame | None:
+        if self._frame_clock is None:
+            raise RuntimeError("VideoSource.read() called before open()")
+        if self._pending is None:
+            self._pending = (
+                self._next_video_frame() if self._cap is not None else (self._next_folder_image())
+            )
+        if not self._frame_clock.wait(timeout):
+            return None
+        data, self._pending = self._pending, None
+        seq = self._seq
+        self._seq += 1
+        return Frame(data=data, fmt=PixelFormat.BGR, seq=seq, t_capture=self._clock_fn())
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+        self._frame_clock = None
+        self._pending = None
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self._fps
+
+    def describe(self) -> str:
+        return f"video:{self.cfg.path}"
+
+
+# -- sink ----------------------------------------------------------------------------------------
+_CODEC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+
+
+class VideoSinkConfig(SinkConfig):
+    """Record the output to a video file with OpenCV (FFmpeg)."""
+
+    type: Literal["video"] = "video"
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=4096,
+        description="Output file: .mp4/.m4v/.mov/.mkv (mp4v) or .avi (MJPG). Overwritten.",
+    )
+    codec: str | None = Field(
+        None,
+        max_length=4,
+        pattern=r"^[A-Za-z0-9 ]{4}$",
+        description="FourCC overriding the codec chosen from the file extension.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _known_suffix(cls, value: str) -> str:
+        suffix = Path(value).suffix.lower()
+        if suffix not in _CODEC_BY_SUFFIX:
+            raise ValueError(
+                f"video output must end with one of {', '.join(sorted(_CODEC_BY_SUFFIX))}, "
+                f"got {value!r}"
+            )
+        return value
+
+
+class VideoSink(FrameSink):
+    kind = "video"
+
+    def __init__(self, cfg: VideoSinkConfig) -> None:
+        self.cfg = cfg
+        self._writer: Any = None
+        self._size: tuple[int, int] = (0, 0)
+        self._buf: np.ndarray | None = None
+        self.frames_written = 0
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"video sink needs a frame size, got {width}x{height}")
+        path = Path(self.cfg.path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            log.warning("overwriting %s", path)
+        codec = self.cfg.codec or _CODEC_BY_SUFFIX[path.suffix.lower()]
+        writer = cv2.VideoWriter(
+            str(path),
+            cv2.VideoWriter.fourcc(*codec),
+            float(fps if fps > 0 else 30.0),
+            (width, height),
+        )
+        if not writer.isOpened():
+            writer.release()
+            raise OSError(f"OpenCV cannot write {path} with codec {codec!r}")
+        self._writer = writer
+        self._size = (height, width)
+        self._buf = np.empty((height, width, 3), np.uint8)
+        self.frames_written = 0
+        log.info("recording %dx%d @ %g fps to %s (%s)", width, height, fps, path, codec)
+
+    def send(self, rgb: np.ndarray) -> None:
+        if self._writer is None or self._buf is None:
+            raise RuntimeError("VideoSink.send() called before open()")
+        rgb = as_rgb(rgb)
+        if rgb.shape[:2] != self._size:
+            raise FrameError(
+                f"video sink was opened at {self._size[1]}x{self._size[0]}, "
+                f"got a {rgb.shape[1]}x{rgb.shape[0]} frame"
+            )
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=self._buf)
+        self._writer.write(self._buf)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release()
+            log.info("closed %s after %d frames", self.cfg.path, self.frames_written)
+
+    def describe(self) -> str:
+        return f"video:{self.cfg.path}"

@@ -1,0 +1,1 @@
+"""Fakes of platform libraries, following their documented APIs, for contract tests."""
