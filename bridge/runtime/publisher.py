@@ -1,0 +1,471 @@
+"""The publisher: one thread that feeds every sink at a steady frame rate.
+
+Downstream receivers (Resolume, TouchDesigner, OBS) must never see a dead sender, so the
+publisher sends on every tick of an absolute-deadline clock whatever happens upstream:
+
+* the newest processed frame if one arrived since the last tick, else the last one again;
+* while the source is lost (``lost``/``reconnecting``/...), the ``no_signal`` choice: ``hold``
+  (last frame), ``black`` or ``slate`` (a "NO SIGNAL" card with the time since the loss);
+* before the first frame exists, the slate (or black) card - never nothing.
+
+Each sink is isolated: an exception in one is logged (first of a burst, then at most every
+10 s), counted, and that sink is closed and re-opened with backoff; the others carry on. All sink
+calls (factory, ``open``, ``send``, ``close``) happen on the publisher thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from bridge.io.base import FrameSink
+from bridge.runtime.cards import CardCache
+from bridge.runtime.convert import MAX_DIM, ResizePolicy, Resizer
+from bridge.runtime.health import NO_SIGNAL_STATES, SourceState
+from bridge.runtime.metrics import Metrics
+from bridge.runtime.packet import FramePacket
+from bridge.runtime.throttle import LogThrottle
+
+logger = logging.getLogger(__name__)
+
+NoSignalMode = Literal["hold", "black", "slate"]
+NO_SIGNAL_MODES: tuple[str, ...] = ("hold", "black", "slate")
+MAX_FPS = 10_000.0
+
+SinkLike = FrameSink | Callable[[], FrameSink]
+
+
+class TickSchedule:
+    """Absolute deadlines ``start + k * period``: no drift however long the run.
+
+    After a tick finished at ``now``, :meth:`advance` moves to the next deadline. If whole tick
+    slots have passed meanwhile they are skipped (counted), never sent back to back: at most one
+    tick happens late, at once, and the schedule is back on its grid.
+    """
+
+    def __init__(self, period: float, start: float) -> None:
+        if not period > 0:
+            raise ValueError(f"period must be > 0, got {period!r}")
+        self.period = float(period)
+        self.start = float(start)
+        self.index = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.index * self.period
+
+    def advance(self, now: float) -> int:
+        """Move past the tick just done; returns the number of tick slots skipped."""
+        current_slot = math.floor((now - self.start) / self.period)
+        nxt = self.index + 1
+        if current_slot > nxt:
+            skipped = current_slot - nxt
+            self.index = current_slot
+            return skipped
+        self.index = nxt
+        return 0
+
+    def reset(self, period: float, now: float) -> None:
+        """Re-anchor on a new period; the next tick is one new period from ``now``."""
+        if not period > 0:
+            raise ValueError(f"period must be > 0, got {period!r}")
+        self.period = float(period)
+        self.start = float(now) + self.period
+        self.index = 0
+
+
+@dataclass
+class _SinkSlot:
+    index: int
+    sink: FrameSink | None
+    factory: Callable[[], FrameSink] | None
+    backoff: float
+    log: LogThrottle
+    name: str = ""
+    is_open: bool = False
+    size: tuple[int, int] | None = None
+    retry_at: float = -math.inf
+    errors: int = 0
+    sends: int = 0
+
+
+def _describe_exc(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Publisher:
+    """Send frames to ``sinks`` at ``fps`` on one thread.
+
+    ``get_latest()`` must not block; it returns the newest processed :class:`FramePacket` (or an
+    ``(rgb, t_capture, seq)`` tuple) or None (e.g. ``LatestMailbox.take_latest``).
+    ``source_state()`` returns the source state string. ``sinks`` holds :class:`FrameSink`
+    objects or factories returning one; a factory is called on the publisher thread and again
+    after every failure, so a broken sink is re-created, not only re-opened.
+
+    Sinks must treat the array they get as read-only: the same array is sent again on repeats.
+
+    ``size`` = (width, height) scales every frame to that output size with ``scale_policy``;
+    without it the output takes each frame's size (sinks are re-opened when it changes) and
+    cards before the first frame use ``default_size``.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[SinkLike],
+        fps: float,
+        get_latest: Callable[[], FramePacket | tuple[np.ndarray, float, int] | None],
+        metrics: Metrics,
+        no_signal: NoSignalMode = "slate",
+        source_state: Callable[[], str] = lambda: SourceState.LIVE,
+        *,
+        size: tuple[int, int] | None = None,
+        default_size: tuple[int, int] = (512, 512),
+        scale_policy: ResizePolicy = "fit",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+        backoff_initial_s: float = 0.25,
+        backoff_max_s: float = 5.0,
+        slate_title: str = "NO SIGNAL",
+        name: str = "publisher",
+    ) -> None:
+        self._check_fps(fps)
+        self._check_mode(no_signal)
+        for label, value in (("size", size), ("default_size", default_size)):
+            if value is not None and (
+                len(value) != 2 or not all(1 <= int(v) <= MAX_DIM for v in value)
+            ):
+                raise ValueError(f"{label} should be (width, height) within 1..{MAX_DIM}: {value}")
+        self.name = name
+        self._fps = float(fps)
+        self._fps_changed = False
+        self._get_latest = get_latest
+        self._metrics = metrics
+        self._mode: NoSignalMode = no_signal
+        self._source_state = source_state
+        self._size = (int(size[0]), int(size[1])) if size is not None else None
+        self._default_size = (int(default_size[0]), int(default_size[1]))
+        self._resizer = Resizer(*self._size, scale_policy) if self._size is not None else None
+        self._clock = clock
+        self._stop_event = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stop_event.wait
+        self._backoff_initial = float(backoff_initial_s)
+        self._backoff_max = float(backoff_max_s)
+        self._cards = CardCache(slate_title)
+        self._slots: list[_SinkSlot] = []
+        for i, item in enumerate(sinks):
+            if isinstance(item, FrameSink):
+                sink, factory = item, None
+            elif callable(item):
+                sink, factory = None, item
+            else:
+                raise TypeError(f"sink {i} is neither a FrameSink nor a factory: {item!r}")
+            self._slots.append(
+                _SinkSlot(i, sink, factory, self._backoff_initial, LogThrottle(10.0, clock), f"{i}")
+            )
+        self._last: FramePacket | None = None
+        self._last_out: np.ndarray | None = None  # _last scaled to the output size
+        self._last_sent = True
+        self._frame_size: tuple[int, int] | None = None  # of the newest frame, kept over outages
+        self._outage_since: float | None = None
+        self._input_log = LogThrottle(10.0, clock)
+        self._loop_log = LogThrottle(10.0, clock)
+        self._thread: threading.Thread | None = None
+        self.showing = "none"
+        self.ticks = 0
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_fps(fps: float) -> None:
+        if not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS or math.isnan(fps):
+            raise ValueError(f"fps should be in (0, {MAX_FPS:g}] but is {fps!r}")
+
+    @staticmethod
+    def _check_mode(mode: str) -> None:
+        if mode not in NO_SIGNAL_MODES:
+            raise ValueError(f"no_signal should be one of {NO_SIGNAL_MODES} but is {mode!r}")
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def set_fps(self, fps: float) -> None:
+        """Change the output rate; the schedule re-anchors on the next tick."""
+        self._check_fps(fps)
+        self._fps = float(fps)
+        self._fps_changed = True
+
+    @property
+    def no_signal(self) -> NoSignalMode:
+        return self._mode
+
+    def set_no_signal(self, mode: NoSignalMode) -> None:
+        self._check_mode(mode)
+        self._mode = mode
+
+    def sink_stats(self) -> list[dict[str, Any]]:
+        """Per sink: name, open, sends, errors."""
+        return [
+            {"name": s.name, "open": s.is_open, "sends": s.sends, "errors": s.errors}
+            for s in self._slots
+        ]
+
+    # -- thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("Publisher.start() called twice")
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 0.5) -> bool:
+        """Stop the thread; sinks are closed on it. False if it did not end within ``timeout``."""
+        self._stop_event.set()
+        thread = self._thread
+        if thread is None:
+            self._close_all()
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning(
+                "%s: still inside a sink call after %.2f s; leaving it", self.name, timeout
+            )
+            return False
+        return True
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        schedule = TickSchedule(1.0 / self._fps, self._clock())
+        try:
+            while not self._stop_event.is_set():
+                now = self._clock()
+                if now < schedule.deadline:
+                    self._sleep(schedule.deadline - now)
+                    continue
+                try:
+                    self.publish_once(now)
+                except Exception:  # a bug here: log it, keep the output clock running
+                    if self._loop_log.hit() is not None:
+                        logger.exception("%s: unexpected error in a tick", self.name)
+                if self._fps_changed:
+                    self._fps_changed = False
+                    schedule.reset(1.0 / self._fps, self._clock())
+                    continue
+                skipped = schedule.advance(self._clock())
+                if skipped:
+                    self._metrics.count("late_ticks", skipped)
+        finally:
+            self._close_all()
+
+    # -- one tick --------------------------------------------------------------------------------
+
+    def publish_once(self, now: float | None = None) -> np.ndarray:
+        """Pick what to show, send it to every sink, record metrics. Returns the frame sent.
+
+        Called by the thread on each tick; tests may call it directly (never both)."""
+        if now is None:
+            now = self._clock()
+        self._take_new_frame()
+        state = self._read_state()
+        no_signal = state in NO_SIGNAL_STATES
+        if no_signal:
+            if self._outage_since is None:
+                self._outage_since = now
+            if self._mode != "hold" and self._last is not None:
+                # Forget the pre-outage picture: after recovery the card stays up until a new
+                # frame arrives, instead of flashing a stale one (with a bogus latency).
+                self._last = None
+                self._last_out = None
+        else:
+            self._outage_since = None
+
+        if self._last is not None and (not no_signal or self._mode == "hold"):
+            frame = self._output_frame()
+            showing = "frame"
+        else:
+            width, height = self._output_size()
+            if self._mode == "black":
+                frame = self._cards.black(width, height)
+                showing = "black"
+            else:
+                frame = self._cards.slate(width, height, self._slate_text(state, now))
+                showing = "slate"
+
+        delivered = self._send_all(frame, now)
+        self.ticks += 1
+        self._metrics.count("published")
+        if showing == "frame":
+            if not self._last_sent:
+                self._last_sent = True
+                self._metrics.count("published_new")
+                if delivered and self._last is not None:
+                    latency = self._clock() - self._last.t_capture
+                    self._metrics.record_latency("end_to_end", latency)
+            else:
+                self._metrics.count("repeated")
+        if showing != self.showing:
+            self.showing = showing
+            self._metrics.set_state("output", showing)
+        return frame
+
+    def _take_new_frame(self) -> None:
+        try:
+            item = self._get_latest()
+        except Exception as exc:
+            if self._input_log.hit() is not None:
+                logger.warning("%s: get_latest failed: %s", self.name, _describe_exc(exc))
+            return
+        if item is None:
+            return
+        try:
+            rgb, t_capture, seq = item
+            if not isinstance(rgb, np.ndarray):
+                raise TypeError(f"frame is a {type(rgb).__name__}, not a numpy array")
+            if (
+                rgb.dtype != np.uint8
+                or rgb.ndim != 3
+                or rgb.shape[2] != 3
+                or not 1 <= rgb.shape[0] <= MAX_DIM
+                or not 1 <= rgb.shape[1] <= MAX_DIM
+            ):
+                raise ValueError(f"expected H x W x 3 uint8, got {rgb.shape} {rgb.dtype}")
+            packet = FramePacket(np.ascontiguousarray(rgb), float(t_capture), int(seq))
+        except Exception as exc:
+            self._metrics.count("rejected_outputs")
+            if self._input_log.hit() is not None:
+                logger.warning(
+                    "%s: ignoring a bad processed frame: %s", self.name, _describe_exc(exc)
+                )
+            return
+        self._last = packet
+        self._last_out = None
+        self._frame_size = (int(packet.rgb.shape[1]), int(packet.rgb.shape[0]))
+        self._last_sent = False
+
+    def _read_state(self) -> str:
+        try:
+            return str(self._source_state())
+        except Exception as exc:
+            if self._input_log.hit() is not None:
+                logger.warning("%s: source_state failed: %s", self.name, _describe_exc(exc))
+            return "unknown"
+
+    def _output_size(self) -> tuple[int, int]:
+        if self._size is not None:
+            return self._size
+        return self._frame_size or self._default_size
+
+    def _output_frame(self) -> np.ndarray:
+        assert self._last is not None
+        if self._last_out is None:
+            rgb = self._last.rgb
+            self._last_out = self._resizer(rgb) if self._resizer is not None else rgb
+        return self._last_out
+
+    def _slate_text(self, state: str, now: float) -> str:
+        if state in (SourceState.CONNECTING, "unknown"):
+            return "waiting for source"
+        if state not in NO_SIGNAL_STATES:
+            return "waiting for the first frame"
+        since = self._outage_since if self._outage_since is not None else now
+        return f"source {state} - {int(now - since)} s"
+
+    # -- sinks -----------------------------------------------------------------------------------
+
+    def _send_all(self, frame: np.ndarray, now: float) -> bool:
+        size = (int(frame.shape[1]), int(frame.shape[0]))
+        delivered = False
+        for slot in self._slots:
+            if not self._ensure_open(slot, size, now):
+                continue
+            assert slot.sink is not None
+            try:
+                slot.sink.send(frame)
+            except Exception as exc:
+                self._sink_failed(slot, now, "send", exc)
+                continue
+            slot.sends += 1
+            delivered = True
+            if slot.log.burst:
+                errors = slot.log.reset()
+                logger.info("%s: sink %s works again after %d errors", self.name, slot.name, errors)
+            slot.backoff = self._backoff_initial
+        return delivered
+
+    def _ensure_open(self, slot: _SinkSlot, size: tuple[int, int], now: float) -> bool:
+        if slot.is_open and slot.size == size:
+            return True
+        if now < slot.retry_at:
+            return False
+        if slot.is_open:  # output size changed: re-open at the new size
+            logger.info("%s: sink %s re-opening at %dx%d", self.name, slot.name, *size)
+            self._close_slot(slot)
+        try:
+            if slot.sink is None:
+                assert slot.factory is not None
+                slot.sink = slot.factory()
+            slot.sink.open(size[0], size[1], self._fps)
+        except Exception as exc:
+            self._sink_failed(slot, now, "open", exc)
+            return False
+        slot.is_open = True
+        slot.size = size
+        try:
+            slot.name = f"{slot.index}:{slot.sink.describe() or type(slot.sink).__name__}"
+        except Exception:
+            slot.name = f"{slot.index}:{type(slot.sink).__name__}"
+        logger.debug("%s: sink %s open at %dx%d @ %.3g fps", self.name, slot.name, *size, self._fps)
+        return True
+
+    def _sink_failed(self, slot: _SinkSlot, now: float, what: str, exc: BaseException) -> None:
+        slot.errors += 1
+        self._metrics.count("sink_errors")
+        self._metrics.count(f"sink_errors:{slot.name}")
+        delay = slot.backoff
+        slot.retry_at = now + delay
+        slot.backoff = min(slot.backoff * 2.0, self._backoff_max)
+        suppressed = slot.log.hit(now)
+        if suppressed is not None:
+            logger.warning(
+                "%s: sink %s %s failed: %s; re-opening in %.2f s%s",
+                self.name,
+                slot.name,
+                what,
+                _describe_exc(exc),
+                delay,
+                f" ({suppressed} more errors since the last report)" if suppressed else "",
+                exc_info=slot.log.burst == 1,
+            )
+        self._close_slot(slot)
+
+    def _close_slot(self, slot: _SinkSlot) -> None:
+        sink = slot.sink
+        was_open = slot.is_open
+        slot.is_open = False
+        slot.size = None
+        if sink is None:
+            return
+        try:
+            sink.close()
+        except Exception as exc:
+            if was_open:
+                logger.debug(
+                    "%s: sink %s close failed: %s", self.name, slot.name, _describe_exc(exc)
+                )
+        if slot.factory is not None:
+            slot.sink = None
+
+    def _close_all(self) -> None:
+        for slot in self._slots:
+            if slot.is_open:
+                self._close_slot(slot)

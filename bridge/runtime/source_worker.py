@@ -1,0 +1,278 @@
+"""The source worker: one thread that owns a frame source from creation to close.
+
+Every backend call (factory, ``open``, ``read``, ``close``, ``describe``, ``nominal_fps``) happens
+on this one thread, as :mod:`bridge.io.base` requires (Spout's GL context is per thread). The
+worker also does the pre-processing stage (validate -> RGB -> resize) and runs the input-loss
+watchdog (:class:`~bridge.runtime.health.SourceHealth`): it closes a lost source and re-creates it
+with backoff until frames flow again. Nothing a source does (raise, hang up, deliver garbage) can
+end the thread; only :meth:`SourceWorker.stop` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from bridge.io.base import BackendUnavailable, Frame, FrameError, FrameSource, SourceGone
+from bridge.runtime.convert import MAX_DIM, Preprocessor, Resizer, YuvMatrix
+from bridge.runtime.health import NO_SIGNAL_STATES, SourceHealth, SourceState
+from bridge.runtime.mailbox import LatestMailbox
+from bridge.runtime.metrics import Metrics
+from bridge.runtime.packet import FramePacket
+from bridge.runtime.throttle import LogThrottle
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NO_SIGNAL_STATES", "SourceHealth", "SourceState", "SourceWorker"]
+
+
+def _describe_exc(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+class SourceWorker:
+    """Capture + pre-process on one thread; puts :class:`FramePacket` ``(rgb, t_capture, seq)``
+    items into ``out_mailbox``.
+
+    ``make_source`` is called (on the worker thread) for the first connection and again for every
+    reconnection, so each attempt gets a fresh backend object. ``clock`` and ``sleep`` are
+    injectable; with the defaults ``sleep`` waits on the stop event, so :meth:`stop` interrupts a
+    backoff wait at once. ``on_state(state, detail)`` is called once per state change (from the
+    worker thread; keep it quick). The state is also published as ``metrics`` state ``source``.
+    """
+
+    def __init__(
+        self,
+        make_source: Callable[[], FrameSource],
+        resizer: Resizer,
+        out_mailbox: LatestMailbox[FramePacket],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+        *,
+        on_state: Callable[[str, str], None] | None = None,
+        health: SourceHealth | None = None,
+        read_timeout: float = 0.05,
+        yuv: YuvMatrix = "auto",
+        max_dim: int = MAX_DIM,
+        name: str = "source",
+    ) -> None:
+        if not 0 < read_timeout <= 0.25:
+            raise ValueError(f"read_timeout should be in (0, 0.25] s but is {read_timeout!r}")
+        self.name = name
+        self._make_source = make_source
+        self._pre = Preprocessor(resizer, yuv=yuv, max_dim=max_dim)
+        self._out = out_mailbox
+        self._metrics = metrics
+        self._clock = clock
+        self._stop_event = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stop_event.wait
+        self._on_state = on_state
+        self._read_timeout = float(read_timeout)
+        self.health = health if health is not None else SourceHealth()
+        self.health.add_listener(self._state_changed)
+        self._source: FrameSource | None = None
+        self._described = name
+        self._thread: threading.Thread | None = None
+        self._reject_log = LogThrottle(10.0, clock)
+        self._retry_log = LogThrottle(30.0, clock)
+        self._crash_log = LogThrottle(10.0, clock)
+        self._read_log = LogThrottle(30.0, clock)
+        self._input_size: tuple[int, int] | None = None
+        self._metrics.set_state("source", self.health.state)
+        self._metrics.set_state("source_detail", self.health.detail)
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.health.state
+
+    @property
+    def detail(self) -> str:
+        return self.health.detail
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(width, height) of the last frame received, or None."""
+        return self._input_size
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("SourceWorker.start() called twice")
+        logger.info("source %s: connecting", self.name)
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 0.5) -> bool:
+        """Stop the thread (the source is closed on it). Returns False if it did not end within
+        ``timeout`` s (a backend call is blocking); the daemon thread then ends on its own."""
+        self._stop_event.set()
+        thread = self._thread
+        if thread is None:
+            self._close_source()
+            if self.health.state != SourceState.STOPPED:
+                self.health.stop()
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning(
+                "source %s: worker still inside a backend call after %.2f s; leaving it",
+                self.name,
+                timeout,
+            )
+            return False
+        return True
+
+    def step(self) -> None:
+        """One iteration: (re)connect if due, else read one frame and apply the timeouts.
+
+        Called in a loop by the worker thread; tests may call it directly (never both)."""
+        now = self._clock()
+        if self._source is None:
+            if self.health.attempt_due(now):
+                self._connect(now)
+            else:
+                self._sleep(min(max(self.health.next_attempt_at - now, 0.0), 0.05))
+            return
+        try:
+            frame = self._source.read(self._read_timeout)
+        except Exception as exc:  # SourceGone or any backend failure: never fatal
+            if not isinstance(exc, SourceGone) and self._read_log.hit() is not None:
+                # not the documented way to report a loss: a backend bug, keep the traceback
+                logger.warning(
+                    "source %s: read raised %s", self._described, _describe_exc(exc), exc_info=True
+                )
+            self.health.error(self._clock(), _describe_exc(exc))
+            self._publish_detail()
+            self._close_source()
+            return
+        now = self._clock()
+        if frame is not None:
+            self._handle_frame(frame, now)
+        if self.health.poll(now):
+            self._publish_detail()
+            self._close_source()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    self.step()
+                except Exception as exc:  # a bug here or in a backend's close(): keep going
+                    if self._crash_log.hit() is not None:
+                        logger.exception("source %s: unexpected error in the worker", self.name)
+                    self._close_source()
+                    self.health.error(self._clock(), f"internal error: {_describe_exc(exc)}")
+                    self._publish_detail()
+                    self._sleep(0.05)
+        finally:
+            self._close_source()
+            self.health.stop()
+
+    def _connect(self, now: float) -> None:
+        self.health.begin_attempt(now)
+        source: FrameSource | None = None
+        try:
+            source = self._make_source()
+            source.open()
+        except Exception as exc:
+            if source is not None:
+                self._safe_close(source)
+            self.health.open_failed(self._clock(), _describe_exc(exc))
+            self._publish_detail()
+            suppressed = self._retry_log.hit()
+            if suppressed is None:
+                level = logging.DEBUG
+            elif isinstance(exc, BackendUnavailable):  # needs an install, not a retry
+                level = logging.ERROR
+            else:
+                level = logging.INFO
+            logger.log(
+                level,
+                "source %s: connection %s; next try in %.2f s",
+                self.name,
+                self.health.detail,
+                max(0.0, self.health.next_attempt_at - self._clock()),
+            )
+            return
+        self._source = source
+        self._retry_log.reset()
+        try:
+            described = source.describe()
+        except Exception:
+            described = ""
+        self._described = f"{self.name} [{described}]" if described else self.name
+        try:
+            fps = source.nominal_fps
+        except Exception:
+            fps = None
+        self.health.opened(self._clock(), fps if isinstance(fps, (int, float)) else None)
+        logger.debug("source %s: opened", self._described)
+
+    def _handle_frame(self, frame: Frame, now: float) -> None:
+        self._metrics.count("captured")
+        self.health.frame(now)
+        try:
+            rgb = self._pre(frame)
+        except Exception as exc:  # FrameError, or anything OpenCV raises on odd data
+            self._metrics.count("rejected_frames")
+            suppressed = self._reject_log.hit(now)
+            if suppressed is not None:
+                kind = "rejected frame" if isinstance(exc, FrameError) else "frame failed"
+                logger.warning(
+                    "source %s: %s: %s%s",
+                    self._described,
+                    kind,
+                    _describe_exc(exc),
+                    f" ({suppressed} more since the last report)" if suppressed else "",
+                )
+            return
+        self._reject_log.reset()
+        self._metrics.count("converted")
+        size = (frame.width, frame.height)
+        if size != self._input_size:
+            self._input_size = size
+            self._metrics.set_state("input_size", size)
+        t_capture = frame.t_capture
+        if not isinstance(t_capture, (int, float)) or not math.isfinite(t_capture):
+            t_capture = now
+        seq = frame.seq if isinstance(frame.seq, int) else 0
+        self._out.put(FramePacket(rgb, float(t_capture), seq))
+
+    def _close_source(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            self._safe_close(source)
+
+    def _safe_close(self, source: FrameSource) -> None:
+        try:
+            source.close()
+        except Exception as exc:
+            logger.debug("source %s: close failed: %s", self._described, _describe_exc(exc))
+
+    def _publish_detail(self) -> None:
+        self._metrics.set_state("source_detail", self.health.detail)
+
+    def _state_changed(self, state: str, detail: str) -> None:
+        if state in (SourceState.LOST, SourceState.STALLED):
+            logger.warning("source %s: %s (%s)", self._described, state, detail)
+        else:
+            logger.info("source %s: %s (%s)", self._described, state, detail)
+        self._metrics.set_state("source", state)
+        self._metrics.set_state("source_detail", detail)
+        if self._on_state is not None:
+            try:
+                self._on_state(state, detail)
+            except Exception:
+                logger.exception("source %s: on_state callback failed", self.name)
