@@ -36,15 +36,30 @@ def slow_daemon(tiny_model_dir, preset_dir, feedback):
 
 
 def test_prompts_at_10hz_never_stall_the_render_loop(slow_daemon):
+    """Every encode takes 200 ms here. If the render loop ever waited for one, a frame would sit
+    in the mailbox for >= 200 ms before being started. We measure exactly that wait (frame
+    captured -> its processing starts), which source-side jitter on a busy CI machine does not
+    affect, and the frame intervals, which bench/prompt_hitch.py reports on a quiet machine."""
     d = slow_daemon
     starts: list[float] = []
-    orig = d.engine.process
+    waits: list[float] = []
+    orig_process, orig_get = d.engine.process, d.frames_in.get
+    last_capture = [0.0]
+
+    def get(timeout=None):
+        pk = orig_get(timeout)
+        if pk is not None:
+            last_capture[0] = pk.t_capture
+        return pk
 
     def timed(frames):
-        starts.append(time.perf_counter())
-        return orig(frames)
+        now = time.monotonic()
+        starts.append(now)
+        if last_capture[0]:  # the loop may have been inside the unpatched get() at first
+            waits.append(now - last_capture[0])
+        return orig_process(frames)
 
-    d.engine.process = timed
+    d.engine.process, d.frames_in.get = timed, get
     client = SimpleUDPClient(*d.osc.address)
     try:
         t_end = time.monotonic() + 3.0
@@ -55,15 +70,17 @@ def test_prompts_at_10hz_never_stall_the_render_loop(slow_daemon):
             time.sleep(0.1)
         time.sleep(0.5)  # let the last (debounced) prompt land
     finally:
-        del d.engine.process
+        del d.engine.process, d.frames_in.get
     intervals = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert len(intervals) > 25
     med = statistics.median(intervals)
-    worst = max(intervals)
-    assert worst <= 1.5 * med, f"longest frame interval {worst * 1000:.1f} ms vs median {med * 1000:.1f} ms"
+    assert max(waits) < 0.5 * med, f"a frame waited {max(waits) * 1000:.0f} ms before the loop started it"
+    # a blocked loop would also show as an interval of >= median + 200 ms
+    assert max(intervals) < med + 0.2, f"longest interval {max(intervals) * 1000:.0f} ms, median {med * 1000:.0f} ms"
     # and the last prompt did arrive (encoded off the render thread, applied when ready)
     last = f"a new prompt number {k - 1}, never seen before"
     assert wait_until(lambda: d.controller.values["prompt"] == last and last in d.cache, 5)
+    assert d.cache.stats().encodes < k  # debounced: not every keystroke-rate prompt was encoded
 
 
 def test_fuzzed_packets_leave_daemon_alive_and_state_unchanged(daemon):
