@@ -24,5 +24,7 @@ def tiny_components(tiny_model_dir):
 
     from stream_core.models import ModelSpec, load_components
 
-    torch.set_num_threads(2)
+    # one intra-op thread: the daemon tests run several threads beside torch, and OpenMP
+    # workers spinning on a busy 2-core machine cost far more than the second core gives
+    torch.set_num_threads(1)
     return load_components(ModelSpec(model=str(tiny_model_dir), device="cpu", dtype="float32"))
