@@ -74,29 +74,6 @@ class Frame:
         return int(self.data.shape[0])
 
 
-def check_frame(frame: Frame) -> None:
-    """Raise :class:`FrameError` unless ``frame.data`` is a non-empty uint8 array shaped as
-    ``frame.fmt`` says (H x W x channels; UYVY also needs an even width)."""
-    data = frame.data
-    if not isinstance(data, np.ndarray):
-        raise FrameError(f"frame data is {type(data).__name__}, not a numpy array")
-    if data.dtype != np.uint8:
-        raise FrameError(f"frame dtype is {data.dtype}, expected uint8")
-    try:
-        fmt = PixelFormat(frame.fmt)
-    except ValueError:
-        raise FrameError(f"unknown pixel format {frame.fmt!r}") from None
-    channels = CHANNELS[fmt]
-    if data.ndim != 3 or data.shape[2] != channels:
-        raise FrameError(
-            f"{fmt.value} frame must be H x W x {channels}, got shape {tuple(data.shape)}"
-        )
-    if data.shape[0] < 1 or data.shape[1] < 1:
-        raise FrameError(f"empty frame (shape {tuple(data.shape)})")
-    if fmt is PixelFormat.UYVY and data.shape[1] % 2:
-        raise FrameError(f"UYVY frame width must be even, got {data.shape[1]}")
-
-
 class FrameSource(ABC):
     """A video input. ``read`` returns the newest frame or ``None`` when none came in time."""
 

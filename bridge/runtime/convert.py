@@ -21,18 +21,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from bridge.io.base import Frame, FrameError, PixelFormat
+from bridge.io.base import CHANNELS, Frame, FrameError, PixelFormat
 
 MAX_DIM = 8192
 """Largest width or height accepted from a source (8K); anything bigger is garbage."""
-
-CHANNELS: dict[PixelFormat, int] = {
-    PixelFormat.RGB: 3,
-    PixelFormat.BGR: 3,
-    PixelFormat.RGBA: 4,
-    PixelFormat.BGRA: 4,
-    PixelFormat.UYVY: 2,
-}
 
 YuvMatrix = Literal["auto", "bt601", "bt709"]
 ResizePolicy = Literal["fit", "fill", "stretch"]

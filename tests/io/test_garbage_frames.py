@@ -8,7 +8,7 @@ Who rejects what:
   drops the frame (counted, logged once) instead of returning it.
 * The runtime validates every frame again before converting it
   (``bridge.runtime.convert.validate_frame`` raises :class:`FrameError`: counted and dropped), so
-  a bug in one backend cannot reach the model. :func:`bridge.io.base.check_frame` holds the same
+  a bug in one backend cannot reach the model. :func:`bridge.runtime.convert.validate_frame` holds the same
   shape rules for backends and these tests.
 * Sinks check their input with the same rules (uint8 H x W x 3) and raise :class:`FrameError`.
 """
@@ -20,10 +20,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bridge.io.base import Frame, FrameError, PixelFormat, check_frame
+from bridge.io.base import Frame, FrameError, PixelFormat
 from bridge.io.ndi import NdiSource, NdiSourceConfig, copy_plane
 from bridge.io.null import NullSink
 from bridge.io.spout import SpoutSink, SpoutSource, SpoutSourceConfig
+from bridge.runtime.convert import validate_frame as check_frame
 from tests.io.fakes.fake_spoutgl import SpoutWorld
 from tests.io.fakes.fake_syphon import SyphonWorld
 

@@ -7,8 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from bridge.io.base import PixelFormat, check_frame
+from bridge.io.base import PixelFormat
 from bridge.io.pattern import PatternSource, PatternSourceConfig
+from bridge.runtime.convert import validate_frame as check_frame
 
 
 class FakeClock:
