@@ -1,0 +1,296 @@
+"""ONNX export of the four networks at the stream's static shapes.
+
+Graphs and their tensors (every graph has static shapes; ``B`` = the pipeline's ``unet_batch``,
+``F`` = frame buffer size, ``h, w`` = latent size = image size / 8, ``L, D`` = tokens, text width):
+
+===========  ====================================================================  ==============
+component    inputs                                                                output
+===========  ====================================================================  ==============
+``unet``     ``latents`` (B,4,h,w), ``timesteps`` (B,) float32, ``text_embeds``   ``eps`` (B,4,h,w)
+             (B,L,D)
+``vae_enc``  ``images`` (F,3,H,W) in [-1, 1]                                       ``latents``, scaled
+``vae_dec``  ``latents`` (F,4,h,w), scaled                                         ``images`` [-1, 1]
+``text``     ``input_ids`` (1,L) int64                                             ``hidden_states``
+===========  ====================================================================  ==============
+
+Timesteps, text embeddings and latents are graph *inputs*, so prompt, strength (t_index_list),
+guidance, delta and seed changes never need a new graph. Timesteps are exported as float32:
+diffusers turns them into float32 for the sinusoidal embedding anyway, so the graph computes the
+same numbers as the long-typed torch call (integers below 2**24 are exact in float32), and
+TensorRT handles float inputs everywhere while its int64 support varies by version.
+
+Exporter: the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, needs ``onnxscript``) at
+opset 18 is the default. It writes one external-data file for graphs over 2 GB and is the path
+torch maintains. The TorchScript exporter (``exporter="torchscript"``) also works for these
+models and is ~7x faster to export the tiny test model; it is kept as an explicit choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stream_core.accel.errors import EngineBuildError, EngineVerifyError, missing_package
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
+EXTERNAL_DATA_BYTES = 3 << 29  # 1.5 GiB of weights: store them beside the graph
+IO_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "unet": (("latents", "timesteps", "text_embeds"), ("eps",)),
+    "vae_enc": (("images",), ("latents",)),
+    "vae_dec": (("latents",), ("images",)),
+    "text": (("input_ids",), ("hidden_states",)),
+}
+
+
+def exporter_tag(exporter: str) -> str:
+    """What the cache key records about the export (exporter, opset, torch version)."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter should be one of {', '.join(EXPORTERS)} but is {exporter!r}")
+    return f"{exporter}-op{OPSET}-torch{torch.__version__.split('+')[0]}"
+
+
+def vae_scaling_factor(vae: Any) -> float:
+    return float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+
+
+class UNetGraph(torch.nn.Module):
+    """``(latents, timesteps float32, text_embeds) -> eps``."""
+
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        return self.unet(latents, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
+
+
+class VaeEncoderGraph(torch.nn.Module):
+    """``images [-1,1] -> latents * scaling_factor`` (TAESD latents, or the KL VAE's mode)."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale = vae_scaling_factor(vae)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.vae.encode(images)
+        lat = out.latents if hasattr(out, "latents") else out.latent_dist.mode()
+        return lat * self.scale
+
+
+class VaeDecoderGraph(torch.nn.Module):
+    """``scaled latents -> images in [-1, 1]`` (not clamped: the pipeline clamps)."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale = vae_scaling_factor(vae)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scale, return_dict=False)[0]
+
+
+class TextEncoderGraph(torch.nn.Module):
+    """``input_ids -> last hidden states`` (what Stable Diffusion conditions on)."""
+
+    def __init__(self, text_encoder: Any) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids)[0]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph to export: its component name and the static shape/dtype of every input."""
+
+    component: str
+    inputs: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return IO_NAMES[self.component][0]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return IO_NAMES[self.component][1]
+
+    def example_inputs(self, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Deterministic, realistic example inputs (never zeros: they hide broken graphs)."""
+        g = torch.Generator("cpu").manual_seed(seed)
+        out: list[torch.Tensor] = []
+        for name, shape, dt in self.inputs:
+            if name == "timesteps":
+                t = torch.linspace(999, 99, shape[0]).round()
+            elif name == "input_ids":
+                t = torch.randint(0, 400, shape, generator=g)
+            elif name == "images":
+                t = torch.rand(shape, generator=g) * 2 - 1
+            else:
+                t = torch.randn(shape, generator=g)
+            target = dt if name in ("timesteps", "input_ids") else dtype
+            out.append(t.to(device=device, dtype=target))
+        return tuple(out)
+
+
+def text_shape(components: Any) -> tuple[int, int]:
+    """(tokens, width) of the text conditioning, as :class:`stream_core.prompts.PromptEncoder` makes it."""
+    length = int(getattr(components.tokenizer, "model_max_length", 77) or 77)
+    if length > 512:
+        length = 77
+    dim = int(components.unet.config.cross_attention_dim)
+    return length, dim
+
+
+def graph_specs(components: Any, *, batch: int, frame_buffer: int, width: int, height: int) -> dict[str, GraphSpec]:
+    """The four graphs for one stream configuration."""
+    for name, v in (("batch", batch), ("frame_buffer", frame_buffer), ("width", width), ("height", height)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} should be a positive integer but is {v!r}")
+    if width % 8 or height % 8:
+        raise ValueError(f"width and height should be multiples of 8 but are {width}x{height}")
+    h, w = height // 8, width // 8
+    c = int(components.unet.config.in_channels)
+    length, dim = text_shape(components)
+    f32, i64 = torch.float32, torch.int64
+    return {
+        "unet": GraphSpec("unet", (("latents", (batch, c, h, w), f32), ("timesteps", (batch,), f32),
+                                   ("text_embeds", (batch, length, dim), f32))),
+        "vae_enc": GraphSpec("vae_enc", (("images", (frame_buffer, 3, height, width), f32),)),
+        "vae_dec": GraphSpec("vae_dec", (("latents", (frame_buffer, c, h, w), f32),)),
+        "text": GraphSpec("text", (("input_ids", (1, length), i64),)),
+    }
+
+
+def graph_module(components: Any, component: str) -> torch.nn.Module:
+    if component == "unet":
+        return UNetGraph(components.unet).eval()
+    if component == "vae_enc":
+        return VaeEncoderGraph(components.vae).eval()
+    if component == "vae_dec":
+        return VaeDecoderGraph(components.vae).eval()
+    if component == "text":
+        return TextEncoderGraph(components.text_encoder).eval()
+    raise ValueError(f"unknown component {component!r}")
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """The exporters print progress and warn about deprecations: keep them out of our logs."""
+    sink = io.StringIO()
+    noisy = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(sink):
+                yield
+    finally:
+        for lg, level in zip(noisy, levels, strict=True):
+            lg.setLevel(level)
+
+
+def check_export_deps(exporter: str) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise missing_package("onnx", "ONNX export", exc) from None
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError as exc:
+            raise missing_package("onnxscript", "ONNX export (dynamo exporter)", exc) from None
+
+
+def export_onnx(
+    components: Any,
+    spec: GraphSpec,
+    path: Path,
+    *,
+    exporter: str = "dynamo",
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[Path]:
+    """Export ``spec.component`` to ``path`` (static shapes, opset 18). Returns the files written.
+
+    The module runs at its current device and dtype unless given; floating inputs follow the
+    module's dtype except timesteps (always float32) and ids (int64).
+    """
+    check_export_deps(exporter)
+    module = graph_module(components, spec.component)
+    param = next(module.parameters())
+    device = device or param.device
+    dtype = dtype or param.dtype
+    args = spec.example_inputs(device, dtype)
+    external = _param_bytes(module) > EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad(), _quiet_export():
+            if exporter == "dynamo":
+                torch.onnx.export(
+                    module, args, str(path), input_names=list(spec.input_names),
+                    output_names=list(spec.output_names), opset_version=OPSET, dynamo=True,
+                    external_data=external, optimize=True, verbose=False,
+                )
+            elif exporter == "torchscript":
+                torch.onnx.export(
+                    module, args, str(path), input_names=list(spec.input_names),
+                    output_names=list(spec.output_names), opset_version=OPSET, dynamo=False,
+                    do_constant_folding=True,
+                )
+            else:
+                raise ValueError(f"exporter should be one of {', '.join(EXPORTERS)} but is {exporter!r}")
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise EngineBuildError(f"ONNX export of {spec.component} failed ({exporter} exporter): "
+                               f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}") from exc
+    files = sorted(p for p in path.parent.iterdir() if p.name == path.name or p.name.startswith(path.name + "."))
+    if path not in files:
+        raise EngineBuildError(f"ONNX export of {spec.component} wrote no {path.name}")
+    log.info("exported %s to ONNX (%s, opset %d) in %.1f s, %.1f MB", spec.component, exporter, OPSET,
+             time.perf_counter() - t0, sum(p.stat().st_size for p in files) / 1e6)
+    return files
+
+
+def torch_reference(components: Any, spec: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The torch module's output for ``inputs`` (the reference an exported graph must match)."""
+    module = graph_module(components, spec.component)
+    with torch.no_grad():
+        return module(*inputs)
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, *, rtol: float, atol: float, what: str) -> float:
+    """Raise :class:`EngineVerifyError` unless ``max|out-ref| <= atol + rtol * max|ref|``."""
+    out = out.detach().float().cpu()
+    ref = ref.detach().float().cpu()
+    if out.shape != ref.shape:
+        raise EngineVerifyError(f"{what}: output shape {tuple(out.shape)} differs from torch's {tuple(ref.shape)}")
+    if not torch.isfinite(out).all() and torch.isfinite(ref).all():
+        raise EngineVerifyError(f"{what}: output has NaN/inf where torch's has none")
+    err = float((out - ref).abs().max())
+    scale = float(ref.abs().max())
+    if err > atol + rtol * scale:
+        raise EngineVerifyError(f"{what}: max abs error {err:.3g} vs torch (output scale {scale:.3g}); "
+                                f"allowed {atol + rtol * scale:.3g}")
+    return err

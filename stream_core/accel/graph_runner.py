@@ -1,0 +1,85 @@
+"""A :class:`~stream_core.runner.ModelRunner` over three compiled graphs (ONNX Runtime or TensorRT).
+
+Each graph object owns static torch input/output buffers allocated once; a call copies its inputs
+into them (which also converts dtypes: long timesteps become float32), runs, and the runner
+returns a copy of the output so the caller owns its result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class StaticGraph(Protocol):
+    """One engine/session with fixed-shape named inputs and outputs held in torch tensors."""
+
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+def copy_feeds(graph: StaticGraph, feeds: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``feeds`` into the graph's static input buffers, checking names and shapes."""
+    if set(feeds) != set(graph.inputs):
+        raise ValueError(f"{what}: inputs {sorted(feeds)} do not match the graph's {sorted(graph.inputs)}")
+    for name, x in feeds.items():
+        buf = graph.inputs[name]
+        if tuple(x.shape) != tuple(buf.shape):
+            raise ValueError(
+                f"{what}: input '{name}' is shaped {tuple(x.shape)} but the engine was built for "
+                f"{tuple(buf.shape)} (static shapes: a new size, steps, frame buffer or guidance mode "
+                "needs its own engine)"
+            )
+        buf.copy_(x, non_blocking=buf.device.type == "cuda")
+
+
+class GraphRunner:
+    """U-Net, TAESD encoder and decoder as static graphs; implements ``ModelRunner``."""
+
+    def __init__(self, unet: StaticGraph, encoder: StaticGraph, decoder: StaticGraph, *,
+                 device: torch.device, dtype: torch.dtype, backend: str, info: dict[str, Any] | None = None) -> None:
+        self._unet = unet
+        self._enc = encoder
+        self._dec = decoder
+        self.device = device
+        self.dtype = dtype
+        self.backend = backend
+        self.info = dict(info or {})
+
+    @property
+    def graphs(self) -> dict[str, StaticGraph]:
+        return {"unet": self._unet, "vae_enc": self._enc, "vae_dec": self._dec}
+
+    def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        out = self._unet.run({"latents": latents, "timesteps": timesteps, "text_embeds": text_embeds})
+        return out["eps"].clone()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self._enc.run({"images": images})["latents"].clone()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._dec.run({"latents": latents})["images"].clone()
+
+
+class _Config:
+    def __init__(self, hidden_size: int) -> None:
+        self.hidden_size = hidden_size
+
+
+class GraphTextEncoder:
+    """Drop-in for the CLIP text encoder inside :class:`stream_core.prompts.PromptEncoder`:
+    ``encoder(ids) -> (hidden_states,)``, ``.config.hidden_size``, ``.parameters()``."""
+
+    def __init__(self, graph: StaticGraph, *, device: torch.device, dtype: torch.dtype, hidden_size: int) -> None:
+        self.graph = graph
+        self.config = _Config(hidden_size)
+        self._probe = torch.empty(0, device=device, dtype=dtype)
+
+    def parameters(self) -> Any:
+        return iter([self._probe])
+
+    def __call__(self, input_ids: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.graph.run({"input_ids": input_ids})["hidden_states"].clone(),)
