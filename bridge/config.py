@@ -135,10 +135,24 @@ class DaemonConfig(_Strict):
     presets: PresetsConfig = Field(default_factory=PresetsConfig)
     params: ParamsConfig = Field(default_factory=ParamsConfig)
 
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _yaml_null_sink(cls, v: Any) -> Any:
+        # YAML reads a bare `type: null` as None; for a sink that can only mean the null sink
+        if isinstance(v, list):
+            return [{**item, "type": "null"} if isinstance(item, dict) and "type" in item and item["type"] is None
+                    else item for item in v]
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> DaemonConfig:
         if not self.sinks:
             raise ValueError("sinks: at least one sink is needed (use {type: null} to discard output)")
+        if self.pipeline.acceleration != "none" and not self.pipeline.denoising_batch:
+            raise ValueError(
+                f"pipeline.denoising_batch: false runs the U-Net at varying batch sizes, which the "
+                f"static-shape {self.pipeline.acceleration!r} engines cannot; use acceleration: none"
+            )
         return self
 
 

@@ -114,7 +114,7 @@ class Daemon:
             try:
                 runner = build_runner(
                     components, p.acceleration, batch=batch, width=p.size[0], height=p.size[1],
-                    frame_buffer=p.frame_buffer,
+                    frame_buffer_size=p.frame_buffer, steps=len(steps), cfg_type=p.cfg,
                     cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
                     allow_build=p.allow_build,
                 )

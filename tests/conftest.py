@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# torch's OpenMP workers busy-wait between ops by default; on a shared 2-core machine (and beside
+# the daemon's own threads in these tests) that turns a 50 ms call into seconds
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -1,0 +1,39 @@
+"""Acceleration asked for in the config: never a silent fallback, always a clear start-up error."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from bridge.config import DaemonConfig
+from bridge.daemon import Daemon, DaemonOptions, StartupError
+from tests.daemon.conftest import daemon_config
+
+
+def cfg_with(tiny_model_dir, preset_dir, feedback, tmp_path, **pipeline) -> DaemonConfig:
+    base = daemon_config(tiny_model_dir, preset_dir, feedback.port).model_dump()
+    base["pipeline"].update(pipeline, engine_cache=str(tmp_path / "cache"))
+    return DaemonConfig.model_validate(base)
+
+
+def test_missing_onnx_engines_name_the_build_command(tiny_model_dir, preset_dir, feedback, tmp_path):
+    d = Daemon(cfg_with(tiny_model_dir, preset_dir, feedback, tmp_path, acceleration="onnxruntime"),
+               DaemonOptions(osc=False, presets=False))
+    with pytest.raises(StartupError, match="streambridge engines build"):
+        d.start()
+    d.stop()
+
+
+def test_tensorrt_missing_says_what_to_install(tiny_model_dir, preset_dir, feedback, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
+    d = Daemon(cfg_with(tiny_model_dir, preset_dir, feedback, tmp_path, acceleration="tensorrt"),
+               DaemonOptions(osc=False, presets=False))
+    with pytest.raises(StartupError, match=r"tensorrt|TensorRT|CUDA"):
+        d.start()
+    d.stop()
+
+
+def test_sequential_mode_with_engines_is_rejected_up_front(tiny_model_dir, preset_dir, feedback, tmp_path):
+    with pytest.raises(ValueError, match="denoising_batch"):
+        cfg_with(tiny_model_dir, preset_dir, feedback, tmp_path, acceleration="onnxruntime", denoising_batch=False)
