@@ -33,11 +33,20 @@ from stream_core.tiny import make_tiny_model
 N4 = (10, 20, 32, 45)
 
 
-def build(components, enc, size, cfg, batch: bool, t_list=N4) -> StreamPipeline:
+def build(components, enc, size, cfg, batch: bool, t_list=N4, backend: str = "none") -> StreamPipeline:
     s = StreamSettings(width=size, height=size, t_index_list=t_list, cfg_type=cfg, guidance_scale=1.5,
                        seed=3, denoising_batch=batch)
-    return StreamPipeline(TorchRunner(components.unet, components.vae), components.scheduler, s,
-                          enc.encode("a neon city"), enc.encode(""))
+    if backend == "none":
+        runner = TorchRunner(components.unet, components.vae)
+    else:
+        from stream_core.accel import build_runner
+
+        runner = build_runner(
+            components, backend, batch=StreamPipeline.batch_for(cfg, len(t_list), 1), width=size, height=size,
+            cache_dir=Path(tempfile.gettempdir()) / "streambridge-bench-engines", allow_build=True,
+            frame_buffer_size=1, steps=len(t_list), cfg_type=cfg,
+        )
+    return StreamPipeline(runner, components.scheduler, s, enc.encode("a neon city"), enc.encode(""))
 
 
 def time_frames(pipe: StreamPipeline, clip: list[torch.Tensor]) -> float:
@@ -67,6 +76,9 @@ def run(args: argparse.Namespace) -> dict:
             "self_cfg": build(comp, enc, size, "self", True),
             "full_cfg": build(comp, enc, size, "full", True),
         }
+        if args.onnxruntime:
+            variants["ort_self_cfg"] = build(comp, enc, size, "self", True, backend="onnxruntime")
+            variants["ort_full_cfg"] = build(comp, enc, size, "full", True, backend="onnxruntime")
         for p in variants.values():  # warm-up + priming
             time_frames(p, clip[:2])
         samples: dict[str, list[float]] = {k: [] for k in variants}
@@ -79,6 +91,8 @@ def run(args: argparse.Namespace) -> dict:
             "stream_vs_sequential": round(med["sequential"] / med["stream_batch"], 3),
             "self_vs_full": round(med["full_cfg"] / med["self_cfg"], 3),
         }
+        if args.onnxruntime:
+            results[size]["ort_self_vs_full"] = round(med["ort_full_cfg"] / med["ort_self_cfg"], 3)
     return results
 
 
@@ -88,9 +102,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--model-size", choices=["tiny", "small"], default="tiny")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: small calls are dominated by thread wake-ups)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--onnxruntime", action="store_true",
+                    help="also time self vs full CFG on the onnxruntime backend (exports once)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -102,6 +119,12 @@ def main() -> int:
         m = r["ms_per_frame"]
         print(f"{size:>6} {m['stream_batch']:>10.2f} {m['sequential']:>9.2f} {r['stream_vs_sequential']:>13.2f}"
               f" {m['self_cfg']:>9.2f} {m['full_cfg']:>9.2f} {r['self_vs_full']:>12.2f}")
+    if args.onnxruntime:
+        print("onnxruntime backend, same pipeline:")
+        print(f"{'size':>6} {'self ms':>9} {'full ms':>9} {'self/full x':>12}")
+        for size, r in res.items():
+            m = r["ms_per_frame"]
+            print(f"{size:>6} {m['ort_self_cfg']:>9.2f} {m['ort_full_cfg']:>9.2f} {r['ort_self_vs_full']:>12.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

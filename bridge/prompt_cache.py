@@ -151,6 +151,7 @@ class PromptCache:
         self._low: deque[str] = deque()  # pre-warm
         self._waiters: dict[str, list[_Waiter]] = {}  # queued or in flight -> who to tell
         self._debounce: dict[Any, tuple[float, str, OnReady | None]] = {}
+        self._burst_start: dict[Any, float] = {}  # when the key's pending burst began
         self._hits = self._misses = self._encodes = self._errors = self._evictions = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -217,13 +218,21 @@ class PromptCache:
         self._cond.notify_all()
 
     def request_debounced(
-        self, key: Any, text: str, delay_s: float = 0.15, on_ready: OnReady | None = None
+        self,
+        key: Any,
+        text: str,
+        delay_s: float = 0.15,
+        on_ready: OnReady | None = None,
+        max_wait_s: float = 0.4,
     ) -> Any | None:
         """Like :meth:`request`, but a newer text for ``key`` within ``delay_s`` replaces this one.
 
         Returns the embedding at once if ``text`` is cached (and cancels the key's pending
         text). Otherwise the text is queued once ``delay_s`` has passed with no newer text for
         ``key``; then ``on_ready(text, embedding)`` is called (also if it was cached by then).
+        Under a steady stream of new texts (a sequencer sending a prompt every 100 ms) the
+        latest one is still queued at most ``max_wait_s`` after the first one of the burst, so
+        the picture keeps following instead of waiting for the stream to stop.
         """
         if not isinstance(text, str):
             raise TypeError(f"prompt text must be a str, got {type(text).__name__}")
@@ -232,10 +241,18 @@ class PromptCache:
             if found:
                 self._hits += 1
                 self._debounce.pop(key, None)
+                self._burst_start.pop(key, None)
                 return value
             if self._stopping:
                 return None
-            self._debounce[key] = (time.monotonic() + max(0.0, delay_s), text, on_ready)
+            now = time.monotonic()
+            deadline = now + max(0.0, delay_s)
+            pending = self._debounce.get(key)
+            if pending is None:
+                self._burst_start[key] = now
+            else:
+                deadline = min(deadline, self._burst_start.get(key, now) + max(delay_s, max_wait_s))
+            self._debounce[key] = (deadline, text, on_ready)
             self._cond.notify_all()
             return None
 
@@ -337,6 +354,7 @@ class PromptCache:
             self._high.clear()
             self._low.clear()
             self._debounce.clear()
+            self._burst_start.clear()
             self._cond.notify_all()
         stopped = RuntimeError("prompt cache is stopped")
         for text, waiters in dropped:
@@ -381,6 +399,7 @@ class PromptCache:
                 ready: list[tuple[OnReady, str, Any]] = []
                 for key in [k for k, (deadline, _, _) in self._debounce.items() if deadline <= now]:
                     _, text, on_ready = self._debounce.pop(key)
+                    self._burst_start.pop(key, None)
                     found, value = self._lookup(text)
                     if found:
                         self._hits += 1

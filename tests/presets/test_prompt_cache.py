@@ -169,6 +169,22 @@ def test_debounce_keeps_only_the_latest_text(make_cache) -> None:
     assert wait_for(lambda: sorted(ready.texts()[1:]) == ["left", "right"])
 
 
+def test_debounce_under_a_steady_stream_still_follows(make_cache) -> None:
+    """A sequencer sending a new prompt every 50 ms never pauses for the debounce delay; the
+    latest text is still encoded at least every max_wait_s, and the last one lands."""
+    enc = Encoder()
+    cache = make_cache(enc)
+    ready = Ready()
+    t0 = time.monotonic()
+    for i in range(30):  # 1.5 s of prompts
+        cache.request_debounced("seq", f"prompt {i}", delay_s=0.15, on_ready=ready, max_wait_s=0.4)
+        time.sleep(0.05)
+    during = list(enc.calls)
+    assert 2 <= len(during) <= 5, during  # about one per 0.4 s, not one per message, not none
+    assert wait_for(lambda: "prompt 29" in ready.texts(), timeout=2.0)
+    assert time.monotonic() - t0 < 3.0
+
+
 def test_debounced_cached_text_returns_at_once_and_cancels_pending(make_cache) -> None:
     enc = Encoder()
     cache = make_cache(enc)
