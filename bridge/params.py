@@ -23,6 +23,16 @@ class ParamSpec:
     lo: float | None = None  # hard range (inclusive) for numbers
     hi: float | None = None
     doc: str = ""
+    control: tuple[float, float] | None = None  # default /sd/norm range when narrower than lo..hi
+
+    @property
+    def control_range(self) -> tuple[float, float]:
+        """What /sd/norm/<param> 0..1 spans unless the config says otherwise."""
+        if self.control is not None:
+            return self.control
+        if self.lo is None or self.hi is None:
+            raise ValueError(f"{self.name} is not a number: it has no control range")
+        return (float(self.lo), float(self.hi))
 
     def check(self, value: Any) -> Any:
         """Return ``value`` coerced to this parameter's type, or raise ValueError with a reason."""
@@ -67,10 +77,14 @@ PARAMS: dict[str, ParamSpec] = {
         ParamSpec("prompt_b", "/sd/prompt/b", str, "", doc="crossfader prompt B"),
         ParamSpec("prompt_mix", "/sd/prompt/mix", float, 0.0, 0.0, 1.0, doc="slerp A (0) -> B (1)"),
         ParamSpec("strength", "/sd/strength", float, 0.5, 0.0, 1.0, doc="img2img strength"),
-        ParamSpec("guidance", "/sd/guidance", float, 1.2, 0.0, 20.0, doc="guidance scale"),
-        ParamSpec("delta", "/sd/delta", float, 1.0, 0.0, 5.0, doc="residual CFG scale"),
-        ParamSpec("seed", "/sd/seed", int, 2, 0, 2**31 - 1, doc="noise seed"),
-        ParamSpec("transition", "/sd/transition", float, 0.0, 0.0, 120.0, doc="default morph seconds"),
+        # control ranges: a fader over the useful span, not the whole legal one
+        ParamSpec("guidance", "/sd/guidance", float, 1.2, 0.0, 20.0, doc="guidance scale", control=(0.0, 5.0)),
+        ParamSpec("delta", "/sd/delta", float, 1.0, 0.0, 5.0, doc="residual CFG scale", control=(0.0, 2.0)),
+        ParamSpec("seed", "/sd/seed", int, 2, 0, 2**31 - 1, doc="noise seed", control=(0, 9999)),
+        ParamSpec(
+            "transition", "/sd/transition", float, 0.0, 0.0, 120.0, doc="default morph seconds",
+            control=(0.0, 10.0),
+        ),
         ParamSpec("bypass", "/sd/bypass", bool, False, doc="pass the input through"),
         ParamSpec("mix", "/sd/mix", float, 1.0, 0.0, 1.0, doc="dry (0) / wet (1)"),
         ParamSpec(
@@ -94,9 +108,8 @@ def default_values() -> dict[str, Any]:
 
 
 def denormalize(spec: ParamSpec, x: float, control_range: tuple[float, float] | None = None) -> Any:
-    """Map ``x`` in 0..1 onto the control range (default: the hard range)."""
-    lo, hi = control_range if control_range is not None else (spec.lo, spec.hi)
-    assert lo is not None and hi is not None
+    """Map ``x`` in 0..1 onto the control range (default: the parameter's own)."""
+    lo, hi = control_range if control_range is not None else spec.control_range
     v = lo + (hi - lo) * x
     if spec.kind is int:
         return int(round(v))
@@ -104,8 +117,7 @@ def denormalize(spec: ParamSpec, x: float, control_range: tuple[float, float] | 
 
 
 def normalize(spec: ParamSpec, value: float, control_range: tuple[float, float] | None = None) -> float:
-    lo, hi = control_range if control_range is not None else (spec.lo, spec.hi)
-    assert lo is not None and hi is not None
+    lo, hi = control_range if control_range is not None else spec.control_range
     if hi == lo:
         return 0.0
     return min(1.0, max(0.0, (float(value) - lo) / (hi - lo)))

@@ -203,9 +203,7 @@ class ControlSurface:
         """The 0..1 control range of a numeric parameter."""
         if name in self.ranges:
             return self.ranges[name]
-        spec = PARAMS[name]
-        assert spec.lo is not None and spec.hi is not None
-        return (spec.lo, spec.hi)
+        return PARAMS[name].control_range
 
     # -- entry points ---------------------------------------------------------------------------
 

@@ -80,9 +80,9 @@ for spec in PARAMS.values():
         ]
 
 for a, spec in NORMALIZABLE.items():
-    assert spec.lo is not None and spec.hi is not None
-    lo_v = int(spec.lo) if spec.kind is int else float(spec.lo)
-    hi_v = int(spec.hi) if spec.kind is int else float(spec.hi)
+    c_lo, c_hi = spec.control_range
+    lo_v = int(c_lo) if spec.kind is int else float(c_lo)
+    hi_v = int(c_hi) if spec.kind is int else float(c_hi)
     HAPPY += [
         (a, [("f", 0.0)], [SetParams({spec.name: lo_v})]),
         (a, [("f", 1.0)], [SetParams({spec.name: hi_v})]),

@@ -152,7 +152,7 @@ def test_norm_mapping_with_custom_ranges() -> None:
             ("/sd/norm/strength", 0.0, {"strength": 0.8}),  # an inverted range
             ("/sd/norm/strength", 1.0, {"strength": 0.2}),
             ("/sd/norm/seed", 0.5, {"seed": 150}),
-            ("/sd/norm/delta", 0.5, {"delta": 2.5}),  # no custom range: the hard range
+            ("/sd/norm/delta", 0.5, {"delta": 1.0}),  # no custom range: the default 0..2
         ]:
             h.send(address, x)
             [cmd] = h.batch()
@@ -164,13 +164,14 @@ def test_norm_mapping_with_custom_ranges() -> None:
         close_harness(h)
 
 
-def test_every_normalizable_parameter_maps_onto_its_hard_range(harness: Harness) -> None:
+def test_every_normalizable_parameter_maps_onto_its_default_control_range(harness: Harness) -> None:
     for address, spec in NORMALIZABLE.items():
         harness.send(address, 0.25)
         [cmd] = harness.batch()
         assert isinstance(cmd, SetParams)
-        assert spec.lo is not None and spec.hi is not None
-        expected = spec.lo + (spec.hi - spec.lo) * 0.25
+        lo, hi = spec.control_range
+        assert spec.lo <= lo < hi <= spec.hi  # inside the hard range
+        expected = lo + (hi - lo) * 0.25
         assert cmd.values[spec.name] == pytest.approx(
             expected, abs=0.5 if spec.kind is int else 1e-9
         )

@@ -49,8 +49,8 @@ def test_every_parameter_reaches_the_pipeline_and_is_echoed(daemon, client, feed
     assert wait_until(lambda: daemon.controller.values["bypass"] is True)
     send(client, "/sd/bypass", False)
     assert wait_until(lambda: daemon.controller.values["bypass"] is False)
-    send(client, "/sd/norm/guidance", 0.5)  # hard range 0..20 -> 10
-    assert wait_until(lambda: pipe.guidance_scale == pytest.approx(10.0))
+    send(client, "/sd/norm/guidance", 0.5)  # default control range 0..5 -> 2.5
+    assert wait_until(lambda: pipe.guidance_scale == pytest.approx(2.5))
     feedback.wait_for("/sd/norm/guidance", lambda a: a[0] == pytest.approx(0.5))
     send(client, "/sd/guidance", 1.2)
     send(client, "/sd/filter/threshold", 1.0)
