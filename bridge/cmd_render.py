@@ -22,14 +22,13 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for WxH (the same rules as config files and presets)."""
+    from bridge.presets import parse_size as parse
+
     try:
-        w_s, h_s = text.lower().split("x")
-        w, h = int(w_s), int(h_s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size should look like 512x512, got {text!r}") from None
-    if w <= 0 or h <= 0 or w % 8 or h % 8 or w > 4096 or h > 4096:
-        raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be multiples of 8 in 8..4096")
-    return w, h
+        return parse(text.lower())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_steps(text: str) -> tuple[int, ...]:

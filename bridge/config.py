@@ -24,19 +24,14 @@ class _Strict(BaseModel):
 
 
 def _parse_size(v: Any) -> tuple[int, int]:
-    if isinstance(v, str):
-        try:
-            w_s, h_s = v.lower().split("x")
-            w, h = int(w_s), int(h_s)
-        except ValueError:
-            raise ValueError(f"size should look like 512x512, got {v!r}") from None
-    elif isinstance(v, (list, tuple)) and len(v) == 2:
-        w, h = int(v[0]), int(v[1])
-    else:
+    """``"512x512"`` or ``[512, 512]`` -> (512, 512), with the same limits as presets."""
+    from bridge.presets import parse_size
+
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        v = f"{v[0]}x{v[1]}"
+    if not isinstance(v, str):
         raise ValueError(f"size should look like 512x512, got {v!r}")
-    if not (8 <= w <= 4096 and 8 <= h <= 4096 and w % 8 == 0 and h % 8 == 0):
-        raise ValueError(f"width and height must be multiples of 8 in 8..4096, got {w}x{h}")
-    return w, h
+    return parse_size(v)
 
 
 class LoraConfig(_Strict):

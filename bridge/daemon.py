@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class DaemonOptions:
     osc: bool = True
     presets: bool = True
     prewarm_timeout: float = 0.0  # wait this long for preset pre-warm before going live
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Daemon:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +86,6 @@ class LiveController:
         self._pending_recall: tuple[str, Preset, str] | None = None
         self._conditioning_dirty = True
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
-        self._lock = threading.Lock()
         self.applied_batches = 0
 
     # ------------------------------------------------------------------ thread-safe submission
