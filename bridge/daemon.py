@@ -311,10 +311,35 @@ class Daemon:
                 if self.render_errors <= 3 or self.render_errors % 100 == 0:
                     log.error("render failed (%d so far): %s", self.render_errors, exc)
 
+    def follow_source_rate(self) -> float | None:
+        """Without a configured output rate, publish at the source's measured rate (once a dozen
+        intervals are known; changes under 5 % are ignored). Returns the new rate if changed."""
+        if self.cfg.output.fps is not None or self.source_worker is None or self.publisher is None:
+            return None
+        health = self.source_worker.health
+        if health.state != "live" or health.interval_samples < 12:
+            return None
+        interval = health.interval_estimate()
+        if not interval or interval <= 0:
+            return None
+        fps = round(min(120.0, max(1.0, 1.0 / interval)), 2)
+        if abs(fps - self.publisher.fps) <= 0.05 * self.publisher.fps:
+            return None
+        log.info("output rate follows the source: %.2f fps", fps)
+        self.publisher.set_fps(fps)
+        return fps
+
     def _feedback_loop(self) -> None:
         fb = self.feedback
         rate = self.cfg.osc.status_rate
+        next_rate_check = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_rate_check:
+                next_rate_check = time.monotonic() + 1.0
+                try:
+                    self.follow_source_rate()
+                except Exception:
+                    log.exception("following the source rate failed")
             try:
                 kind, payload = self._fb_queue.get(timeout=0.05)
             except queue.Empty:

@@ -116,6 +116,11 @@ class SourceHealth:
 
     # -- timing ----------------------------------------------------------------------------------
 
+    @property
+    def interval_samples(self) -> int:
+        """How many recent frame intervals :meth:`interval_estimate` is based on."""
+        return len(self._intervals)
+
     def interval_estimate(self) -> float | None:
         """Recent frame interval in seconds (median), else 1/nominal fps, else None."""
         if self._intervals:

@@ -37,3 +37,27 @@ def test_tensorrt_missing_says_what_to_install(tiny_model_dir, preset_dir, feedb
 def test_sequential_mode_with_engines_is_rejected_up_front(tiny_model_dir, preset_dir, feedback, tmp_path):
     with pytest.raises(ValueError, match="denoising_batch"):
         cfg_with(tiny_model_dir, preset_dir, feedback, tmp_path, acceleration="onnxruntime", denoising_batch=False)
+
+
+def test_output_rate_follows_the_source_when_not_set(tiny_model_dir, preset_dir, feedback, tmp_path):
+    """A 12 fps video file and no output.fps: the publisher starts at 30 and settles on 12."""
+    import cv2
+    import numpy as np
+
+    from tests.daemon.conftest import wait_until
+
+    clip = tmp_path / "clip.avi"
+    wr = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 12, (64, 64))
+    for k in range(24):
+        wr.write(np.full((64, 64, 3), k * 10, np.uint8))
+    wr.release()
+    base = daemon_config(tiny_model_dir, preset_dir, feedback.port).model_dump()
+    base["source"] = {"type": "video", "path": str(clip)}
+    base["output"]["fps"] = None
+    d = Daemon(DaemonConfig.model_validate(base), DaemonOptions(osc=False, presets=False))
+    d.start()
+    try:
+        assert d.publisher.fps == 30.0
+        assert wait_until(lambda: abs(d.publisher.fps - 12.0) < 0.6, 6), d.publisher.fps
+    finally:
+        d.stop()
