@@ -61,7 +61,7 @@ class FeedbackListener:
             return [args for _, a, args in self.messages if a == address]
 
     def wait_for(self, address: str, predicate: Callable[[tuple[Any, ...]], bool] = lambda a: True,
-                 timeout: float = 3.0) -> tuple[Any, ...]:
+                 timeout: float = 5.0) -> tuple[Any, ...]:
         found: list[tuple[Any, ...]] = []
 
         def check() -> bool:
