@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the test pattern through a tiny generated model, no GPU or download needed")
-    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds (default, or 0: until Ctrl-C)")
     demo.add_argument("--model-dir", help="where the tiny model lives (made on first use)")
     demo.add_argument("--video", default="streambridge-demo.mp4", help="also write the output here ('' to skip)")
     demo.add_argument("--size", type=parse_size, default=(256, 256), help="WxH (default 256x256)")
@@ -126,7 +126,7 @@ def run_daemon(cfg, duration: float | None, options=None) -> int:
         daemon.stop()
         raise
     try:
-        daemon.wait(duration)
+        daemon.wait(duration if duration and duration > 0 else None)  # 0 / None: until stopped
     finally:
         daemon.stop()
     if stop_reason:
