@@ -281,22 +281,20 @@ class Daemon:
             values = ctrl.values
             try:
                 rgb_in = np.stack([pk.rgb for pk in batch])
+                meta = [(pk.t_capture, pk.seq) for pk in batch]
                 if values["bypass"]:
                     out = rgb_in
                     in_flight.clear()
-                    meta = [(pk.t_capture, pk.seq) for pk in batch]
                 else:
                     out = engine.process(rgb_in)
                     if engine.pipeline.last_skipped:
                         self.metrics.count("skipped")
                         continue
-                    for pk in batch:
-                        in_flight.append((pk.t_capture, pk.seq))
-                    # the frames leaving now entered `latency` calls ago
-                    meta = []
-                    while len(in_flight) > latency * f:
-                        meta.append(in_flight.popleft())
-                    meta = meta[-f:] if meta else [(pk.t_capture, pk.seq) for pk in batch]
+                    # the frames leaving now entered `latency` calls ago (while the stream fills,
+                    # the primed first frame leaves: attribute it to the newest capture)
+                    in_flight.extend(meta)
+                    if len(in_flight) > latency * f:
+                        meta = [in_flight.popleft() for _ in range(f)]
                     mix = float(values["mix"])
                     if mix < 1.0:
                         out = _blend(rgb_in, out, mix)

@@ -46,6 +46,7 @@ class _Morph:
     noise_from: torch.Tensor | None
     noise_to: torch.Tensor | None
     target_seed: int | None
+    target_texts: dict[str, str]  # the prompt fields the morph ends on
 
 
 class LiveController:
@@ -226,10 +227,7 @@ class LiveController:
         start_pos, start_neg = self._current_embeds()
         cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k != "seed"}
         self._set_params({k: v for k, v in cut.items() if self.values.get(k) != v})
-        saved = dict(self.values)
-        self.values.update({k: target[k] for k in PROMPT_KEYS + ("prompt_mix",)})
-        end_pos, end_neg = self._embeds_for_values()
-        self.values = saved
+        end_pos, end_neg = self._embeds_for(target)
         seed_to = int(target["seed"])
         self._morph = _Morph(
             t0=now, duration=duration, preset=name,
@@ -239,8 +237,8 @@ class LiveController:
             noise_from=self.pipeline.noise.clone(),
             noise_to=self.pipeline.noise_for_seed(seed_to) if seed_to != self.values["seed"] else None,
             target_seed=seed_to,
+            target_texts={k: target[k] for k in PROMPT_KEYS},
         )
-        self._morph_texts = {k: target[k] for k in PROMPT_KEYS}
         log.info("preset %s: morphing over %.2f s", name, duration)
 
     def _morph_drop(self, name: str) -> None:
@@ -286,7 +284,7 @@ class LiveController:
         self._morph = None
         final: dict[str, Any] = {k: m.target[k] for k in m.target}
         if m.pos_to is not None:
-            final.update(self._morph_texts)
+            final.update(m.target_texts)
         if m.target_seed is not None:
             final["seed"] = m.target_seed
         changed = {k: v for k, v in final.items() if self.values.get(k) != v}
@@ -297,8 +295,8 @@ class LiveController:
         log.info("preset %s: morph done", m.preset)
 
     # ------------------------------------------------------------------ conditioning
-    def _embeds_for_values(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        v = self.values
+    def _embeds_for(self, v: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Cached conditioning for the prompt fields in ``v`` (None where not encoded yet)."""
         a_text = v["prompt_a"] or v["prompt"]
         b_text = v["prompt_b"]
         a = self.cache.get(a_text)
@@ -318,7 +316,7 @@ class LiveController:
     def _update_conditioning(self) -> None:
         """Apply the embeddings for the current texts if they are all encoded; else keep the old
         ones (the encoder thread will wake us when it is done)."""
-        pos, neg = self._embeds_for_values()
+        pos, neg = self._embeds_for(self.values)
         if pos is None:
             return
         needs_neg = self.pipeline.cfg_type in ("full", "initialize")
@@ -383,9 +381,6 @@ class LiveController:
 
     def close(self) -> None:
         self._saver.shutdown(wait=True)
-
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self.values)
 
 
 def merge_initial(params: dict[str, Any]) -> dict[str, Any]:

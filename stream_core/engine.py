@@ -51,10 +51,6 @@ class StreamEngine:
         self.pipeline = StreamPipeline(self.runner, components.scheduler, settings, pos, neg)
         self.settings = settings
 
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.settings.width, self.settings.height
-
     def process(self, frames: np.ndarray | None) -> np.ndarray:
         """Run one stream call. ``frames``: (f, H, W, 3) uint8, or None for txt2img."""
         images = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -52,7 +52,6 @@ class StreamSettings:
     denoising_batch: bool = True
     latent_channels: int = 4
     vae_scale: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Validate everything up front, naming the bad value."""
@@ -257,9 +256,6 @@ class StreamPipeline:
 
     def set_filter(self, threshold: float, max_skip: int | None = None) -> None:
         self.filter.configure(threshold, max_skip)
-
-    def set_add_noise(self, add_noise: bool) -> None:
-        self.add_noise = bool(add_noise)
 
     def check_rebuild(self, **cold: Any) -> None:
         """Raise :class:`RebuildRequired` naming the first cold setting that differs."""

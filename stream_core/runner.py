@@ -46,7 +46,6 @@ class TorchRunner:
         self.device = param.device
         self.dtype = param.dtype
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        self._vae_is_tiny = hasattr(vae, "encoder") and type(vae).__name__ == "AutoencoderTiny"
 
     @torch.inference_mode()
     def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
