@@ -79,6 +79,8 @@ class OutputConfig(_Strict):
     size: tuple[int, int] | None = Field(None, description="scale the output to WxH (default: pipeline size)")
     resize: Literal["fit", "fill", "stretch"] = Field("fill", description="how input frames meet the pipeline size")
     no_signal: Literal["hold", "black", "slate"] = "slate"
+    phase_lock: bool = Field(True, description="nudge the output ticks (by at most 2 % of the rate) to sit "
+                             "half a frame after the processed frames, so nearly equal rates do not judder")
 
     @field_validator("size", mode="before")
     @classmethod

@@ -236,6 +236,7 @@ class Daemon:
         self.publisher = Publisher(
             sinks, float(fps), self.frames_out.take_latest, self.metrics, self.cfg.output.no_signal,
             source_state=lambda: self.source_worker.state, size=self.cfg.output.size, default_size=(w, h),
+            arrivals=self.frames_out.last_taken, phase_lock=self.cfg.output.phase_lock,
         )
 
     def start(self) -> None:

@@ -25,6 +25,8 @@ class LatestMailbox(Generic[T]):
         self.name = name
         self._capacity = int(capacity)
         self._items: deque[T] = deque()
+        self._stamps: deque[tuple[int, float]] = deque()  # (put ordinal, put time) per item
+        self._taken: tuple[int, float] | None = None
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._put = 0
@@ -55,9 +57,11 @@ class LatestMailbox(Generic[T]):
                 return False
             if len(self._items) >= self._capacity:
                 self._items.popleft()
+                self._stamps.popleft()
                 self._dropped += 1
             self._items.append(item)
             self._put += 1
+            self._stamps.append((self._put, time.monotonic()))
             self._cond.notify()
         return True
 
@@ -81,6 +85,7 @@ class LatestMailbox(Generic[T]):
             if not self._items:
                 return None
             self._got += 1
+            self._taken = self._stamps.popleft()
             return self._items.popleft()
 
     def take_latest(self) -> T | None:
@@ -89,10 +94,20 @@ class LatestMailbox(Generic[T]):
             if not self._items:
                 return None
             item = self._items.pop()
+            self._taken = self._stamps.pop()
             self._dropped += len(self._items)
             self._items.clear()
+            self._stamps.clear()
             self._got += 1
             return item
+
+    def last_taken(self) -> tuple[int, float] | None:
+        """(ordinal among all puts, ``time.monotonic()`` of its put) of the item taken last, or None.
+
+        With one consumer this describes the item it just took: the publisher uses it to lock its
+        output ticks to the frames' arrival times."""
+        with self._cond:
+            return self._taken
 
     def close(self) -> None:
         """Refuse further puts and wake every waiter. Items already inside can still be taken."""

@@ -8,6 +8,16 @@ publisher sends on every tick of an absolute-deadline clock whatever happens ups
   (last frame), ``black`` or ``slate`` (a "NO SIGNAL" card with the time since the loss);
 * before the first frame exists, the slate (or black) card - never nothing.
 
+**Phase lock.** With nearly equal clocks (a 60 fps stream into a 60 Hz output), a tick grid that
+happens to sit on the frames' arrival times turns their jitter into a coin toss per tick: a frame
+is dropped, the next tick repeats the one before, several times a second (visible judder). Given
+the arrival time of each frame it takes (``arrivals``), the publisher nudges its grid by a small,
+bounded step per new frame (10 % of the phase error, at most 2 % of a period) so that ticks settle
+half a period after the arrivals, as far as possible from either side. It only does so while
+frames come no faster than the ticks (interval >= 0.97 period), so the output rate never follows
+a faster source; a slower one (30 fps into 60 Hz) gets each frame shown for the same number of
+ticks. The grid stays absolute; the nudges move it by at most 2 % of the rate.
+
 Each sink is isolated: an exception in one is logged (first of a burst, then at most every
 10 s), counted, and that sink is closed and re-opened with backoff; the others carry on. All sink
 calls (factory, ``open``, ``send``, ``close``) happen on the publisher thread.
@@ -38,6 +48,9 @@ logger = logging.getLogger(__name__)
 NoSignalMode = Literal["hold", "black", "slate"]
 NO_SIGNAL_MODES: tuple[str, ...] = ("hold", "black", "slate")
 MAX_FPS = 10_000.0
+PHASE_GAIN = 0.1  # share of the phase error corrected per new frame
+PHASE_MAX_STEP = 0.02  # largest nudge per new frame, in periods (also the largest rate change)
+PHASE_MIN_INTERVAL = 0.97  # lock only while frames come at most this much faster than the ticks
 
 SinkLike = FrameSink | Callable[[], FrameSink]
 
@@ -60,6 +73,10 @@ class TickSchedule:
     @property
     def deadline(self) -> float:
         return self.start + self.index * self.period
+
+    def nudge(self, dt: float) -> None:
+        """Shift the grid by ``dt`` seconds (positive: later)."""
+        self.start += float(dt)
 
     def advance(self, now: float) -> int:
         """Move past the tick just done; returns the number of tick slots skipped."""
@@ -135,6 +152,8 @@ class Publisher:
         backoff_max_s: float = 5.0,
         slate_title: str = "NO SIGNAL",
         name: str = "publisher",
+        arrivals: Callable[[], tuple[int, float] | None] | None = None,
+        phase_lock: bool = True,
     ) -> None:
         self._check_fps(fps)
         self._check_mode(no_signal)
@@ -178,6 +197,11 @@ class Publisher:
         self._input_log = LogThrottle(10.0, clock)
         self._loop_log = LogThrottle(10.0, clock)
         self._thread: threading.Thread | None = None
+        self._arrivals = arrivals if phase_lock else None
+        self._arrival: float | None = None  # of the frame taken in this tick
+        self._prev_arrival: tuple[int, float] | None = None
+        self.frame_interval: float | None = None  # smoothed, from arrival ordinals and times
+        self.phase_offset: float | None = None  # last tick time - arrival time of its new frame
         self.showing = "none"
         self.ticks = 0
 
@@ -254,6 +278,7 @@ class Publisher:
                     continue
                 try:
                     self.publish_once(now)
+                    schedule.nudge(self.phase_step(schedule.deadline, schedule.period))
                 except Exception:  # a bug here: log it, keep the output clock running
                     if self._loop_log.hit() is not None:
                         logger.exception("%s: unexpected error in a tick", self.name)
@@ -351,6 +376,42 @@ class Publisher:
         self._last_out = None
         self._frame_size = (int(packet.rgb.shape[1]), int(packet.rgb.shape[0]))
         self._last_sent = False
+        self._note_arrival()
+
+    def _note_arrival(self) -> None:
+        """Record when the frame just taken arrived, and the smoothed interval between frames."""
+        if self._arrivals is None:
+            return
+        try:
+            info = self._arrivals()
+        except Exception as exc:
+            if self._input_log.hit() is not None:
+                logger.warning("%s: arrivals failed: %s", self.name, _describe_exc(exc))
+            return
+        if info is None:
+            return
+        ordinal, t = int(info[0]), float(info[1])
+        prev = self._prev_arrival
+        if prev is not None and ordinal > prev[0] and t > prev[1]:
+            interval = (t - prev[1]) / (ordinal - prev[0])
+            fi = self.frame_interval
+            self.frame_interval = interval if fi is None else 0.8 * fi + 0.2 * interval
+        self._prev_arrival = (ordinal, t)
+        self._arrival = t
+
+    def phase_step(self, tick_time: float, period: float) -> float:
+        """The nudge (s, positive: later) for the tick at ``tick_time`` just published; 0 when it
+        took no new frame, when frames come faster than the ticks, or without arrival times."""
+        arrival, self._arrival = self._arrival, None
+        if arrival is None:
+            return 0.0
+        offset = min(max(tick_time - arrival, 0.0), period)
+        self.phase_offset = offset
+        if self.frame_interval is None or self.frame_interval < PHASE_MIN_INTERVAL * period:
+            return 0.0
+        error = offset - period / 2  # > 0: the tick comes too long after the frame
+        limit = PHASE_MAX_STEP * period
+        return -max(-limit, min(limit, PHASE_GAIN * error))
 
     def _read_state(self) -> str:
         try:

@@ -59,5 +59,9 @@ def test_output_rate_follows_the_source_when_not_set(tiny_model_dir, preset_dir,
     try:
         assert d.publisher.fps == 30.0
         assert wait_until(lambda: abs(d.publisher.fps - 12.0) < 0.6, 6), d.publisher.fps
+        # the phase lock sees the processed frames' arrivals through the output mailbox
+        assert wait_until(lambda: d.publisher.frame_interval is not None and d.publisher.phase_offset is not None, 3)
+        assert 1 / 12 * 0.6 < d.publisher.frame_interval < 1 / 12 * 1.6, d.publisher.frame_interval
+        assert 0.0 <= d.publisher.phase_offset <= 1 / d.publisher.fps
     finally:
         d.stop()

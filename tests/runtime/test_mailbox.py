@@ -37,6 +37,23 @@ def test_take_latest_drains_and_counts_the_older_ones() -> None:
     assert box.counters()["dropped"] == 2
 
 
+def test_last_taken_describes_the_item_just_taken() -> None:
+    box: LatestMailbox[str] = LatestMailbox(capacity=2)
+    assert box.last_taken() is None
+    t0 = time.monotonic()
+    box.put("a")
+    time.sleep(0.01)
+    t1 = time.monotonic()
+    box.put("b")
+    box.put("c")  # "a" is dropped
+    assert box.get(0) == "b"
+    ordinal, t_put = box.last_taken()
+    assert ordinal == 2 and t0 <= t_put <= t1 + 0.005 and t_put >= t1
+    assert box.take_latest() == "c"
+    assert box.last_taken()[0] == 3
+    assert box.take_latest() is None and box.last_taken()[0] == 3  # nothing new taken
+
+
 def test_get_times_out() -> None:
     box: LatestMailbox[int] = LatestMailbox()
     t0 = time.monotonic()
