@@ -52,7 +52,9 @@ class Daemon:
         self.options = options or DaemonOptions()
         self.metrics = Metrics()
         self.frames_in: LatestMailbox[FramePacket] = LatestMailbox(1)
-        self.frames_out: LatestMailbox[FramePacket] = LatestMailbox(1)
+        # one stream call yields frame_buffer frames at once: room for all of them, taken oldest
+        # first, one per output tick (with 1 this is plain latest-wins)
+        self.frames_out: LatestMailbox[FramePacket] = LatestMailbox(cfg.pipeline.frame_buffer)
         self.metrics.add_mailbox("input", self.frames_in)
         self.metrics.add_mailbox("output", self.frames_out)
         self._stop = threading.Event()
@@ -234,7 +236,7 @@ class Daemon:
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
         sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
         self.publisher = Publisher(
-            sinks, float(fps), self.frames_out.take_latest, self.metrics, self.cfg.output.no_signal,
+            sinks, float(fps), lambda: self.frames_out.get(0), self.metrics, self.cfg.output.no_signal,
             source_state=lambda: self.source_worker.state, size=self.cfg.output.size, default_size=(w, h),
             arrivals=self.frames_out.last_taken, phase_lock=self.cfg.output.phase_lock,
         )
@@ -301,9 +303,8 @@ class Daemon:
                         out = _blend(rgb_in, out, mix)
                 self.frames_rendered += len(batch)
                 self.metrics.count("processed", len(batch))
-                for j in range(out.shape[0]):
-                    t_cap, seq = meta[min(j, len(meta) - 1)]
-                    self.frames_out.put(FramePacket(out[j], t_cap, seq))
+                self.frames_out.put_many([FramePacket(out[j], *meta[min(j, len(meta) - 1)])
+                                          for j in range(out.shape[0])])
             except Exception as exc:  # keep the show going: the publisher repeats the last frame
                 self.render_errors += 1
                 self.metrics.count("render_errors")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -51,18 +52,25 @@ class LatestMailbox(Generic[T]):
 
         Returns False (and counts it as ``refused``) only when the mailbox is closed.
         """
+        return self.put_many((item,))
+
+    def put_many(self, items: Sequence[T]) -> bool:
+        """Add ``items`` in order as one arrival (one put time: a burst such as the frames of one
+        stream call); the oldest items are dropped as needed. False when the mailbox is closed."""
         with self._cond:
             if self._closed:
-                self._refused += 1
+                self._refused += len(items)
                 return False
-            if len(self._items) >= self._capacity:
-                self._items.popleft()
-                self._stamps.popleft()
-                self._dropped += 1
-            self._items.append(item)
-            self._put += 1
-            self._stamps.append((self._put, time.monotonic()))
-            self._cond.notify()
+            now = time.monotonic()
+            for item in items:
+                if len(self._items) >= self._capacity:
+                    self._items.popleft()
+                    self._stamps.popleft()
+                    self._dropped += 1
+                self._items.append(item)
+                self._put += 1
+                self._stamps.append((self._put, now))
+            self._cond.notify_all()
         return True
 
     def get(self, timeout: float | None = None) -> T | None:

@@ -392,7 +392,9 @@ class Publisher:
             return
         ordinal, t = int(info[0]), float(info[1])
         prev = self._prev_arrival
-        if prev is not None and ordinal > prev[0] and t > prev[1]:
+        if prev is not None and t <= prev[1]:
+            return  # a later frame of a burst put at once (frame buffer > 1): lock to its first
+        if prev is not None and ordinal > prev[0]:
             interval = (t - prev[1]) / (ordinal - prev[0])
             fi = self.frame_interval
             self.frame_interval = interval if fi is None else 0.8 * fi + 0.2 * interval

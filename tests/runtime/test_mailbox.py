@@ -126,3 +126,17 @@ def test_concurrent_producer_and_consumer_account_for_every_item() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LatestMailbox(capacity=0)
+
+
+def test_put_many_is_one_arrival_and_keeps_the_newest() -> None:
+    box: LatestMailbox[int] = LatestMailbox(capacity=2)
+    box.put(0)
+    assert box.put_many([1, 2, 3])  # 0 and 1 make room
+    assert box.counters()["dropped"] == 2 and box.counters()["put"] == 4
+    assert box.get(0) == 2
+    first = box.last_taken()
+    assert box.get(0) == 3
+    second = box.last_taken()
+    assert (first[0], second[0]) == (3, 4) and first[1] == second[1]  # one put time for the burst
+    box.close()
+    assert not box.put_many([5, 6]) and box.counters()["refused"] == 2

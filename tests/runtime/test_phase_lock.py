@@ -20,41 +20,47 @@ from tests.runtime.conftest import FakeClock, RecordingSink
 
 
 class JitterySource:
-    """Frames arriving every ``1/fps`` s (+ ``phase``) with uniform jitter of +-``jitter`` s.
+    """Frames at ``fps`` arriving in bursts of ``burst`` (a stream call with frame buffer
+    ``burst``) every ``burst/fps`` s (+ ``phase``), each burst with uniform jitter of +-``jitter`` s.
 
-    ``take_latest``/``last_taken`` behave like :class:`bridge.runtime.mailbox.LatestMailbox`'s.
+    ``take``/``last_taken`` behave like ``LatestMailbox(capacity=burst)``'s ``get(0)`` and
+    ``last_taken`` (oldest first, the oldest dropped when more than ``burst`` wait).
     """
 
     def __init__(self, clock: FakeClock, fps: float, *, phase: float = 0.0, jitter: float = 0.0,
-                 seconds: float = 10.0, seed: int = 1) -> None:
+                 seconds: float = 10.0, seed: int = 1, burst: int = 1) -> None:
         rng = random.Random(seed)
-        n = int(seconds * fps) + 2
-        self.times = [clock.now + phase + k / fps + rng.uniform(-jitter, jitter) for k in range(n)]
-        self.times.sort()
+        n = (int(seconds * fps) // burst + 2) * burst
+        starts = [clock.now + phase + b * burst / fps + rng.uniform(-jitter, jitter) for b in range(n // burst)]
+        starts.sort()
+        self.times = [starts[k // burst] for k in range(n)]
         self.arrays = [np.full((4, 4, 3), k % 256, np.uint8) for k in range(n)]
         self.clock = clock
+        self.burst = burst
         self.next = 0  # first frame not yet taken or dropped
         self.taken: tuple[int, float] | None = None
 
-    def take_latest(self) -> FramePacket | None:
+    def take(self) -> FramePacket | None:
         now = self.clock.now
-        last = None
-        while self.next < len(self.times) and self.times[self.next] <= now:
-            last = self.next
-            self.next += 1
-        if last is None:
+        arrived = self.next
+        while arrived < len(self.times) and self.times[arrived] <= now:
+            arrived += 1
+        self.next = max(self.next, arrived - self.burst)  # the mailbox holds at most `burst`
+        if self.next >= arrived:
             return None
-        self.taken = (last + 1, self.times[last])
-        return FramePacket(self.arrays[last], self.times[last], last)
+        k = self.next
+        self.next += 1
+        self.taken = (k + 1, self.times[k])
+        return FramePacket(self.arrays[k], self.times[k], k)
 
     def last_taken(self) -> tuple[int, float] | None:
         return self.taken
 
 
 def simulate(src_fps: float, out_fps: float, *, lock: bool = True, jitter: float = 0.001, phase: float = 0.0,
-             seconds: float = 10.0, seed: int = 1):
+             seconds: float = 10.0, seed: int = 1, burst: int = 1):
     clock = FakeClock(start=100.0)
-    source = JitterySource(clock, src_fps, phase=phase, jitter=jitter, seconds=seconds + 1, seed=seed)
+    source = JitterySource(clock, src_fps, phase=phase, jitter=jitter, seconds=seconds + 1, seed=seed, burst=burst)
     sink = RecordingSink(clock=clock)
     end = clock.now + seconds
 
@@ -63,7 +69,7 @@ def simulate(src_fps: float, out_fps: float, *, lock: bool = True, jitter: float
         if clock.now >= end:
             pub.stop()
 
-    pub = Publisher([sink], out_fps, source.take_latest, Metrics(), "hold", clock=clock, sleep=sleep,
+    pub = Publisher([sink], out_fps, source.take, Metrics(), "hold", clock=clock, sleep=sleep,
                     default_size=(8, 8), arrivals=source.last_taken, phase_lock=lock)
     pub._run()  # the publisher thread's loop, on this thread, on the manual clock
     seq_of = {id(a): k for k, a in enumerate(source.arrays)}
@@ -117,6 +123,17 @@ def test_half_rate_source_shows_every_frame_for_two_ticks():
     seqs = [s for t, s in sent if t - t0 >= 1.0]
     runs = [len(list(g)) for _, g in itertools.groupby(seqs)][1:-1]
     assert set(runs) == {2}
+
+
+@pytest.mark.parametrize("burst", [2, 4])
+def test_frame_buffer_bursts_go_out_one_frame_per_tick(burst):
+    # a stream call with frame buffer f hands over f frames at once, f/60 s apart: locked to
+    # the bursts' arrivals, every frame gets exactly one 60 Hz tick
+    unlocked, _, _ = simulate(60, 60, burst=burst, lock=False)
+    assert sum(judder(unlocked, 1.0)) > 20
+    sent, _, pub = simulate(60, 60, burst=burst)
+    assert judder(sent, 1.0) == (0, 0)
+    assert pub.frame_interval == pytest.approx(1 / 60, rel=0.02)
 
 
 def test_a_faster_source_never_speeds_the_output_up():
