@@ -121,8 +121,12 @@ def _describe_exc(exc: BaseException) -> str:
 class Publisher:
     """Send frames to ``sinks`` at ``fps`` on one thread.
 
-    ``get_latest()`` must not block; it returns the newest processed :class:`FramePacket` (or an
-    ``(rgb, t_capture, seq)`` tuple) or None (e.g. ``LatestMailbox.take_latest``).
+    ``get_latest()`` must not block; it returns the next processed :class:`FramePacket` (or an
+    ``(rgb, t_capture, seq)`` tuple) or None (e.g. ``LatestMailbox.take_latest``, or
+    ``lambda: box.get(0)`` to send a burst of frames one per tick).
+    ``arrivals()`` (optional) returns ``(ordinal, put time)`` of the packet just taken, as
+    ``LatestMailbox.last_taken`` does, on the publisher's clock; with ``phase_lock`` the tick grid
+    follows them (see the module docstring).
     ``source_state()`` returns the source state string. ``sinks`` holds :class:`FrameSink`
     objects or factories returning one; a factory is called on the publisher thread and again
     after every failure, so a broken sink is re-created, not only re-opened.
