@@ -98,6 +98,21 @@ class OscConfig(_Strict):
     enabled: bool = True
 
 
+class StatusConfig(_Strict):
+    listen: str | None = Field(None, description="HOST:PORT of the status page (health + input/output "
+                               "preview); unset: off. No authentication: keep it on 127.0.0.1 or a trusted network")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"should be HOST:PORT (e.g. 127.0.0.1:9480; port 0 picks a free one) but is {v!r}")
+        return v
+
+
 class PresetsConfig(_Strict):
     folder: str = Field("presets", description="preset folder (hot reloaded)")
     initial: str | None = Field(None, description="preset recalled at start-up")
@@ -129,6 +144,7 @@ class DaemonConfig(_Strict):
     sinks: list[AnySinkConfig] = Field(default_factory=lambda: [_default_sink()])
     output: OutputConfig = Field(default_factory=OutputConfig)
     osc: OscConfig = Field(default_factory=OscConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     presets: PresetsConfig = Field(default_factory=PresetsConfig)
     params: ParamsConfig = Field(default_factory=ParamsConfig)
 

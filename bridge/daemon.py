@@ -68,6 +68,8 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.osc = None
         self.feedback = None
+        self.status_page = None
+        self._preview_in: np.ndarray | None = None  # the newest input frame (a reference, never written to)
         self.render_errors = 0
         self.frames_rendered = 0
         self._status_extra: dict[str, Any] = {"preset": ""}
@@ -252,6 +254,7 @@ class Daemon:
         self._build_control()
         self._build_osc()
         self._build_io()
+        self._build_status_page()
         self.publisher.start()
         render = threading.Thread(target=self._render_loop, name="render", daemon=True)
         fb = threading.Thread(target=self._feedback_loop, name="feedback", daemon=True)
@@ -260,6 +263,25 @@ class Daemon:
         fb.start()
         self.source_worker.start()
         log.info("StreamBridge running (start-up %.1f s)", time.perf_counter() - t0)
+
+    def _build_status_page(self) -> None:
+        listen = self.cfg.status.listen
+        if not listen:
+            return
+        from bridge.status_page import StatusPage
+
+        host, _, port = listen.rpartition(":")
+        try:
+            self.status_page = StatusPage(host, int(port), self.page_status, self._preview_frame)
+        except OSError as exc:
+            raise StartupError(f"status.listen: cannot listen on {listen} ({exc.strerror or exc}); choose "
+                               "another HOST:PORT (port 0 picks a free one) or leave it unset") from None
+        self.status_page.start()
+
+    def _preview_frame(self, which: str) -> np.ndarray | None:
+        if which == "input":
+            return self._preview_in
+        return self.publisher.last_frame if self.publisher is not None else None
 
     # ------------------------------------------------------------------ threads
     def _render_loop(self) -> None:
@@ -281,6 +303,7 @@ class Daemon:
             if len(pending) < f:
                 continue
             batch, pending = pending, []
+            self._preview_in = batch[-1].rgb
             values = ctrl.values
             try:
                 rgb_in = np.stack([pk.rgb for pk in batch])
@@ -376,6 +399,17 @@ class Daemon:
             "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
         }
 
+    def page_status(self) -> dict[str, Any]:
+        """The status page's figures: :meth:`status` plus the output and sink details."""
+        out = self.status()
+        pub = self.publisher
+        if pub is not None:
+            offset = pub.phase_offset
+            out.update(showing=pub.showing, output_fps_target=round(pub.fps, 2),
+                       phase_offset_ms=None if offset is None else round(1000 * offset, 2), sinks=pub.sink_stats())
+        out.update(frames_rendered=self.frames_rendered, render_errors=self.render_errors)
+        return out
+
     # ------------------------------------------------------------------ stop
     def wait(self, duration: float | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
@@ -400,6 +434,8 @@ class Daemon:
             self.publisher.stop(timeout=2.0)
         if self.osc is not None:
             self.osc.stop()
+        if self.status_page is not None:
+            self.status_page.stop()
         if self.presets is not None:
             self.presets.stop()
         if self.cache is not None:

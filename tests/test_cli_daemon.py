@@ -33,10 +33,11 @@ def frames_in(video: Path) -> int:
 def test_demo_runs_and_writes_video(tmp_path, tiny_model_dir):
     video = tmp_path / "demo.mp4"
     p = streambridge("demo", "--duration", "4", "--model-dir", str(tiny_model_dir), "--video", str(video),
-                     "--osc", "127.0.0.1:0", "--size", "64x64")
+                     "--osc", "127.0.0.1:0", "--size", "64x64", "--status", "127.0.0.1:0")
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err[-2000:]
     assert "StreamBridge running" in err and "ndi" in err.lower()
+    assert "status page on http://127.0.0.1:" in err
     assert frames_in(video) >= 30  # 15 fps for ~4 s, steady even while the model warms up
     assert "Traceback" not in err
 

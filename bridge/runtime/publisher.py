@@ -207,6 +207,7 @@ class Publisher:
         self.frame_interval: float | None = None  # smoothed, from arrival ordinals and times
         self.phase_offset: float | None = None  # last tick time - arrival time of its new frame
         self.showing = "none"
+        self.last_frame: np.ndarray | None = None  # what the sinks were sent last (frame or card)
         self.ticks = 0
 
     # -- configuration ---------------------------------------------------------------------------
@@ -331,6 +332,7 @@ class Publisher:
                 showing = "slate"
 
         delivered = self._send_all(frame, now)
+        self.last_frame = frame
         self.ticks += 1
         self._metrics.count("published")
         if showing == "frame":

@@ -1,0 +1,194 @@
+"""A small local web page: the daemon's health and a preview of its input and output.
+
+``http://HOST:PORT/`` shows the source state, output and processed fps, latency, drops, sinks and
+the current preset, next to the latest input and output frames (JPEG, at most 384 px wide), and
+refreshes itself twice a second. Other paths: ``/status.json`` (the same figures), ``/input.jpg``,
+``/output.jpg`` (503 until a frame exists). Only GET and HEAD are served.
+
+The page reads what the other threads already publish (metrics, the latest frames by reference);
+it never touches the model, the pipeline or a sink, and an error in a request is logged and
+answered with 500 without affecting anything else. It listens on 127.0.0.1 unless told otherwise:
+there is no authentication, so only open it to a network you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from bridge.runtime.throttle import LogThrottle
+
+log = logging.getLogger(__name__)
+
+PREVIEW_MAX_WIDTH = 384
+JPEG_QUALITY = 80
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>StreamBridge</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font:14px system-ui,sans-serif;background:#111;color:#ddd;margin:16px}
+ h1{font-size:18px;margin:0 0 12px} .row{display:flex;gap:16px;flex-wrap:wrap}
+ figure{margin:0} figcaption{color:#888;margin-top:4px}
+ img{width:384px;max-width:100%;background:#000;border:1px solid #333;image-rendering:auto}
+ table{border-collapse:collapse;margin-top:12px} td{padding:2px 12px 2px 0}
+ td:first-child{color:#888} .live{color:#6c6} .bad{color:#e66}
+</style></head><body>
+<h1>StreamBridge <span id="state"></span></h1>
+<div class="row">
+ <figure><img id="input" alt="input"><figcaption>input (what the pipeline receives)</figcaption></figure>
+ <figure><img id="output" alt="output"><figcaption>output (what the sinks are sent)</figcaption></figure>
+</div>
+<table id="figures"></table>
+<script>
+function refreshImage(id){
+  const img=document.getElementById(id);
+  const next=()=>setTimeout(()=>refreshImage(id),250);
+  const probe=new Image();
+  probe.onload=()=>{img.src=probe.src;next();};
+  probe.onerror=next;
+  probe.src='/'+id+'.jpg?t='+Date.now();
+}
+async function refreshFigures(){
+  try{
+    const r=await fetch('/status.json',{cache:'no-store'});
+    const s=await r.json();
+    const st=document.getElementById('state');
+    st.textContent=s.source; st.className=s.source==='live'?'live':'bad';
+    const rows=Object.entries(s).map(([k,v])=>'<tr><td>'+k+'</td><td>'+
+      (typeof v==='object'?JSON.stringify(v):v)+'</td></tr>');
+    document.getElementById('figures').innerHTML=rows.join('');
+  }catch(e){document.getElementById('state').textContent='(daemon not answering)';}
+  setTimeout(refreshFigures,500);
+}
+refreshImage('input'); refreshImage('output'); refreshFigures();
+</script></body></html>
+"""
+
+
+def encode_preview(rgb: np.ndarray, max_width: int = PREVIEW_MAX_WIDTH, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of an H x W x 3 uint8 RGB frame, scaled down to at most ``max_width`` wide."""
+    import cv2
+
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected H x W x 3 uint8, got {rgb.shape} {rgb.dtype}")
+    h, w = rgb.shape[:2]
+    if w > max_width:
+        rgb = cv2.resize(rgb, (max_width, max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], page: StatusPage) -> None:
+        self.page = page
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # never print to stderr
+        if self.page.errors.hit() is not None:
+            log.warning("status page: request from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("status page: %s - %s", self.address_string(), format % args)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def _method_not_allowed(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain", head=False,
+                   extra={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed
+
+    def _answer(self, head: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        page = self.server.page
+        try:
+            if path == "/":
+                self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8", head)
+            elif path == "/status.json":
+                body = json.dumps(page.status(), default=str).encode()
+                self._send(HTTPStatus.OK, body, "application/json", head)
+            elif path in ("/input.jpg", "/output.jpg"):
+                frame = page.frame(path[1:-4])
+                if frame is None:
+                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain", head)
+                else:
+                    self._send(HTTPStatus.OK, encode_preview(frame), "image/jpeg", head)
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away
+        except Exception:
+            if page.errors.hit() is not None:
+                log.warning("status page: %s failed", path, exc_info=True)
+            try:
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"error (see the daemon log)\n", "text/plain", head)
+            except OSError:
+                pass
+
+    def _send(self, code: HTTPStatus, body: bytes, ctype: str, head: bool, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
+class StatusPage:
+    """The page's server. ``status()`` returns a JSON-able dict; ``frame(which)`` the latest
+    ``"input"`` or ``"output"`` RGB frame or None. Both are called on the server's threads."""
+
+    def __init__(self, host: str, port: int, status: Callable[[], dict[str, Any]],
+                 frame: Callable[[str], np.ndarray | None]) -> None:
+        self.status = status
+        self.frame = frame
+        self.errors = LogThrottle(10.0)
+        self._server = _Server((host, port), self)  # binds now: a busy port fails at start-up
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}/"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="status-page", daemon=True)
+        self._thread.start()
+        log.info("status page on %s", self.url)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(2.0)
+        self._server.server_close()
