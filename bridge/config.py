@@ -96,6 +96,12 @@ class OscConfig(_Strict):
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict,
                                                     description="control ranges for /sd/norm/<param>")
     enabled: bool = True
+    query_port: int | None = Field(None, ge=0, le=65535, description="OSCQuery HTTP port on the osc.listen host "
+                                   "(every address with type, range and value, for controllers that browse); "
+                                   "unset: off; 0: a free port")
+    advertise: bool = Field(False, description="announce OSC (_osc._udp) and OSCQuery (_oscjson._tcp) over mDNS")
+    name: str = Field("StreamBridge", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _-]*$",
+                      description="service name shown by OSCQuery / Bonjour browsers")
 
 
 class StatusConfig(_Strict):

@@ -69,6 +69,8 @@ class Daemon:
         self.osc = None
         self.feedback = None
         self.status_page = None
+        self.oscquery = None
+        self.advertiser = None
         self._preview_in: np.ndarray | None = None  # the newest input frame (a reference, never written to)
         self.render_errors = 0
         self.frames_rendered = 0
@@ -220,6 +222,26 @@ class Daemon:
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot listen for OSC on {o.listen}: {exc}") from None
         log.info("OSC listening on %s:%d%s", *self.osc.address, f", feedback to {', '.join(o.feedback)}" if o.feedback else "")
+        query_port = None
+        if o.query_port is not None:
+            from bridge.control.oscquery import OscQueryServer
+
+            presets = self.presets
+            try:
+                self.oscquery = OscQueryServer(
+                    host or "127.0.0.1", o.query_port, name=o.name, osc_address=self.osc.address,
+                    surface=self.osc.surface, values=self.controller.snapshot,
+                    presets=presets.names if presets is not None else list, status=self.status)
+            except OSError as exc:
+                raise StartupError(f"osc.query_port: cannot listen on {host or '127.0.0.1'}:{o.query_port} "
+                                   f"({exc.strerror or exc}); choose another port (0 picks a free one)") from None
+            self.oscquery.start()
+            query_port = self.oscquery.address[1]
+        if o.advertise:
+            from bridge.control.oscquery import Advertiser
+
+            self.advertiser = Advertiser(o.name, self.osc.address[0], self.osc.address[1], query_port)
+            self.advertiser.start()
 
     def _build_io(self) -> None:
         w, h = self.cfg.pipeline.size
@@ -436,6 +458,10 @@ class Daemon:
             self.osc.stop()
         if self.status_page is not None:
             self.status_page.stop()
+        if self.advertiser is not None:
+            self.advertiser.stop()
+        if self.oscquery is not None:
+            self.oscquery.stop()
         if self.presets is not None:
             self.presets.stop()
         if self.cache is not None:

@@ -89,6 +89,11 @@ class LiveController:
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
         self.applied_batches = 0
 
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the live values, safe to take from another thread (the copy is one C call
+        under the GIL; the render thread only ever assigns existing keys)."""
+        return dict(self.values)
+
     # ------------------------------------------------------------------ thread-safe submission
     def submit(self, batch: list[Any]) -> None:
         """Queue one validated batch (applied whole on the next frame). Never blocks."""

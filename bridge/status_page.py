@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
-from bridge.runtime.throttle import LogThrottle
+from bridge.httpserver import LocalHttpServer, Response
 
 log = logging.getLogger(__name__)
 
@@ -88,77 +86,6 @@ def encode_preview(rgb: np.ndarray, max_width: int = PREVIEW_MAX_WIDTH, quality:
     return buf.tobytes()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], page: StatusPage) -> None:
-        self.page = page
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # never print to stderr
-        if self.page.errors.hit() is not None:
-            log.warning("status page: request from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("status page: %s - %s", self.address_string(), format % args)
-
-    def do_HEAD(self) -> None:
-        self._answer(head=True)
-
-    def do_GET(self) -> None:
-        self._answer(head=False)
-
-    def _method_not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain", head=False,
-                   extra={"Allow": "GET, HEAD"})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed
-
-    def _answer(self, head: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        page = self.server.page
-        try:
-            if path == "/":
-                self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8", head)
-            elif path == "/status.json":
-                body = json.dumps(page.status(), default=str).encode()
-                self._send(HTTPStatus.OK, body, "application/json", head)
-            elif path in ("/input.jpg", "/output.jpg"):
-                frame = page.frame(path[1:-4])
-                if frame is None:
-                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain", head)
-                else:
-                    self._send(HTTPStatus.OK, encode_preview(frame), "image/jpeg", head)
-            else:
-                self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", head)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the browser went away
-        except Exception:
-            if page.errors.hit() is not None:
-                log.warning("status page: %s failed", path, exc_info=True)
-            try:
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"error (see the daemon log)\n", "text/plain", head)
-            except OSError:
-                pass
-
-    def _send(self, code: HTTPStatus, body: bytes, ctype: str, head: bool, extra: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-
 class StatusPage:
     """The page's server. ``status()`` returns a JSON-able dict; ``frame(which)`` the latest
     ``"input"`` or ``"output"`` RGB frame or None. Both are called on the server's threads."""
@@ -167,28 +94,31 @@ class StatusPage:
                  frame: Callable[[str], np.ndarray | None]) -> None:
         self.status = status
         self.frame = frame
-        self.errors = LogThrottle(10.0)
-        self._server = _Server((host, port), self)  # binds now: a busy port fails at start-up
-        self._thread: threading.Thread | None = None
+        self.server = LocalHttpServer(host, port, self.route, "status-page")  # binds now
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self.server.address
 
     @property
     def url(self) -> str:
-        host, port = self.address
-        return f"http://{host}:{port}/"
+        return self.server.url
+
+    def route(self, path: str, query: str) -> Response:
+        if path == "/":
+            return Response(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+        if path == "/status.json":
+            return Response(HTTPStatus.OK, json.dumps(self.status(), default=str).encode(), "application/json")
+        if path in ("/input.jpg", "/output.jpg"):
+            frame = self.frame(path[1:-4])
+            if frame is None:
+                return Response(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n")
+            return Response(HTTPStatus.OK, encode_preview(frame), "image/jpeg")
+        return Response(HTTPStatus.NOT_FOUND, b"not found\n")
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="status-page", daemon=True)
-        self._thread.start()
+        self.server.start()
         log.info("status page on %s", self.url)
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(2.0)
-        self._server.server_close()
+        self.server.stop()

@@ -27,4 +27,6 @@ def test_frame_buffer_2_publishes_every_processed_frame(tiny_model_dir, preset_d
     processed = after["processed"] - before["processed"]
     published = after["published_new"] - before["published_new"]
     assert processed >= 20, processed  # the 30 fps pattern source kept the stream busy
-    assert dropped <= 2 and published >= processed - 4, (processed, published, dropped)
+    # keeping only the newest of one frame buffer (the bug this guards against) publishes half;
+    # a loaded machine's scheduling jitter may cost a few frames (latest-wins keeps latency low)
+    assert dropped <= 0.15 * processed and published >= 0.85 * processed, (processed, published, dropped)

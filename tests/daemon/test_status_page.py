@@ -75,7 +75,7 @@ def test_a_failing_request_is_a_500_and_the_show_goes_on(daemon, monkeypatch, ca
     port = daemon.status_page.address[1]
     published = daemon.metrics.counter("published")
     monkeypatch.setattr(daemon.status_page, "status", lambda: 1 / 0)
-    with caplog.at_level("WARNING", logger="bridge.status_page"):
+    with caplog.at_level("WARNING", logger="bridge.httpserver"):
         assert _get(port, "/status.json")[0] == 500
     assert "ZeroDivisionError" in caplog.text
     monkeypatch.undo()
