@@ -141,6 +141,7 @@ class ParamsConfig(_Strict):
     bypass: bool = False
     mix: float = Field(1.0, ge=0, le=1)
     filter_threshold: float = Field(1.0, ge=0, le=1)
+    smoothing: float = Field(0.0, ge=0, le=PARAMS["smoothing"].hi, description="temporal smoothing (0: off)")
 
 
 class DaemonConfig(_Strict):

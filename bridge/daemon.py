@@ -105,6 +105,7 @@ class Daemon:
             width=p.size[0], height=p.size[1], t_index_list=steps, frame_buffer_size=p.frame_buffer,
             cfg_type=p.cfg, guidance_scale=params.guidance, delta=params.delta, seed=params.seed,
             add_noise=p.add_noise, filter_threshold=params.filter_threshold, filter_max_skip=p.filter_max_skip,
+            smoothing=params.smoothing,
             denoising_batch=p.denoising_batch,
         )
         runner = None

@@ -24,12 +24,12 @@ from bridge.params import PARAMS, default_values
 from bridge.presets import ColdSettings, Preset, PresetStore
 from bridge.prompt_cache import PromptCache
 from stream_core.blend import slerp
-from stream_core.pipeline import StreamPipeline
+from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
 
 log = logging.getLogger("streambridge.live")
 
 PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
-MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix")
+MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
 
 
 @dataclass
@@ -180,6 +180,8 @@ class LiveController:
                 self.pipeline.set_seed(value)
             elif name == "filter_threshold":
                 self.pipeline.set_filter(value)
+            elif name == "smoothing":
+                self.pipeline.set_smoothing(value)
             # bypass, mix, transition are read by the render loop / recalls
         if changed:
             self._feedback(changed)
@@ -281,6 +283,8 @@ class LiveController:
             self.pipeline.set_guidance_scale(v)
         elif name == "delta":
             self.pipeline.set_delta(v)
+        elif name == "smoothing":
+            self.pipeline.set_smoothing(min(MAX_SMOOTHING, max(0.0, v)))
         # prompt_mix is folded into the embedding slerp
 
     def _finish_morph(self) -> None:

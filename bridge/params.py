@@ -91,6 +91,11 @@ PARAMS: dict[str, ParamSpec] = {
             "filter_threshold", "/sd/filter/threshold", float, 1.0, 0.0, 1.0,
             doc="similarity filter threshold (1 disables)",
         ),
+        ParamSpec(
+            "smoothing", "/sd/smoothing", float, 0.0, 0.0, 0.95,
+            doc="temporal smoothing of output latents (0 off; more: less flicker, more ghosting)",
+            control=(0.0, 0.9),
+        ),
     ]
 }
 

@@ -52,6 +52,7 @@ HOT_FIELDS: tuple[str, ...] = (
     "delta",
     "seed",
     "filter_threshold",
+    "smoothing",
     "mix",
     "transition",
 )
@@ -154,6 +155,7 @@ class Preset(BaseModel):
     delta: float | None = _hot("delta")
     seed: int | None = _hot("seed")
     filter_threshold: float | None = _hot("filter_threshold")
+    smoothing: float | None = _hot("smoothing")
     mix: float | None = _hot("mix")
     transition: float | None = _hot("transition")
 

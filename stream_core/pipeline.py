@@ -45,6 +45,9 @@ class StreamSettings:
     seed: int = 2
     add_noise: bool = True
     filter_threshold: float = 1.0  # >= 1 disables the similarity filter
+    # temporal smoothing: each output latent becomes (1 - s) * new + s * previous output latent
+    # (less flicker between frames, more ghosting on motion); 0 is off
+    smoothing: float = 0.0
     filter_max_skip: int = 10
     filter_seed: int = 0
     # False: every frame goes through all n steps in its own call (n U-Net calls per frame, no
@@ -66,6 +69,7 @@ class StreamSettings:
             raise ValueError(f"cfg_type should be one of {', '.join(CFG_TYPES)} but is {self.cfg_type!r}")
         _check_float("guidance_scale", self.guidance_scale)
         _check_float("delta", self.delta)
+        _check_smoothing(self.smoothing)
         _check_seed(self.seed)
 
 
@@ -73,6 +77,16 @@ def _check_float(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{name} should be a finite number but is {v!r}")
     return float(v)
+
+
+MAX_SMOOTHING = 0.95
+
+
+def _check_smoothing(v: Any) -> float:
+    s = _check_float("smoothing", v)
+    if not 0.0 <= s <= MAX_SMOOTHING:
+        raise ValueError(f"smoothing should be in [0, {MAX_SMOOTHING}] but is {v!r}")
+    return s
 
 
 def _check_seed(seed: Any) -> int:
@@ -119,6 +133,8 @@ class StreamPipeline:
         )
         self.guidance_scale = float(settings.guidance_scale)
         self.delta = float(settings.delta)
+        self.smoothing = float(settings.smoothing)
+        self._smooth_prev: torch.Tensor | None = None  # the last output latent (after smoothing)
         self.add_noise = bool(settings.add_noise)
         self.filter = SimilarityFilter(settings.filter_threshold, settings.filter_max_skip, settings.filter_seed)
 
@@ -216,6 +232,10 @@ class StreamPipeline:
     def set_delta(self, delta: float) -> None:
         self.delta = _check_float("delta", delta)
 
+    def set_smoothing(self, smoothing: float) -> None:
+        """Temporal smoothing in [0, 0.95]; applies from the next output on, from the real last one."""
+        self.smoothing = _check_smoothing(smoothing)
+
     def set_seed(self, seed: int) -> None:
         """New noise for every stage; the latent buffer is kept (no restart)."""
         seed = _check_seed(seed)
@@ -276,6 +296,7 @@ class StreamPipeline:
         """Forget the buffer: the next call primes it again from its input."""
         self._primed = False
         self._last_output = None
+        self._smooth_prev = None
         self.filter.reset()
 
     # ------------------------------------------------------------------ internals
@@ -420,9 +441,25 @@ class StreamPipeline:
             out_latents = self._step(x0)
         self._primed = True
         self.calls += 1
+        out_latents = self._smooth(out_latents)
         out = self.runner.decode(out_latents).clamp(-1.0, 1.0)
         self._last_output = out
         return out
+
+    def _smooth(self, latents: torch.Tensor) -> torch.Tensor:
+        """Exponential moving average over output latents, frame by frame (rows of one call in
+        order). The previous latent is always kept, so turning smoothing on never blends in a
+        stale frame."""
+        prev = self._smooth_prev
+        if self.smoothing > 0.0:
+            rows = []
+            for j in range(latents.shape[0]):
+                row = latents[j : j + 1]
+                prev = row if prev is None else torch.lerp(row, prev, self.smoothing)
+                rows.append(prev)
+            latents = torch.cat(rows)
+        self._smooth_prev = latents[-1:].clone()
+        return latents
 
     def txt2img(self) -> torch.Tensor:
         return self(None)

@@ -36,6 +36,7 @@ def test_every_parameter_reaches_the_pipeline_and_is_echoed(daemon, client, feed
         "/sd/strength": (0.8, lambda: pipe.t_index_list == strength_to_t_index_list(0.8, 3)),
         "/sd/seed": (1234, lambda: pipe.seed == 1234),
         "/sd/filter/threshold": (0.97, lambda: pipe.filter.threshold == pytest.approx(0.97)),
+        "/sd/smoothing": (0.6, lambda: pipe.smoothing == pytest.approx(0.6)),
         "/sd/mix": (0.25, lambda: daemon.controller.values["mix"] == 0.25),
         "/sd/transition": (1.5, lambda: daemon.controller.values["transition"] == 1.5),
         "/sd/prompt/mix": (0.4, lambda: daemon.controller.values["prompt_mix"] == pytest.approx(0.4)),
@@ -54,6 +55,7 @@ def test_every_parameter_reaches_the_pipeline_and_is_echoed(daemon, client, feed
     feedback.wait_for("/sd/norm/guidance", lambda a: a[0] == pytest.approx(0.5))
     send(client, "/sd/guidance", 1.2)
     send(client, "/sd/filter/threshold", 1.0)
+    send(client, "/sd/smoothing", 0.0)
     send(client, "/sd/mix", 1.0)
     assert wait_until(lambda: daemon.controller.values["mix"] == 1.0)
 

@@ -90,9 +90,9 @@ def test_unknown_preset_is_an_error(daemon, client, feedback):
 def test_morph_moves_guidance_noise_and_embeddings_over_time(daemon, client, feedback, preset_dir):
     pipe = daemon.engine.pipeline
     start = {"prompt": "a quiet beach at dawn", "guidance": 1.0, "delta": 1.0, "strength": 0.2, "seed": 5,
-             "transition": 0}
+             "smoothing": 0.0, "transition": 0}
     target = {"prompt": "a burning city at night", "guidance": 3.0, "delta": 0.5, "strength": 0.9, "seed": 6,
-              "transition": 1.5}
+              "smoothing": 0.8, "transition": 1.5}
     (preset_dir / "m-start.yaml").write_text(yaml.safe_dump(start))
     (preset_dir / "m-target.yaml").write_text(yaml.safe_dump(target))
     assert wait_until(lambda: daemon.presets.get("m-target") is not None and daemon.presets.get("m-start"), 3)
@@ -103,14 +103,16 @@ def test_morph_moves_guidance_noise_and_embeddings_over_time(daemon, client, fee
     feedback.clear()
     t0 = time.monotonic()
     send(client, "/sd/preset", "m-target")
-    mids = []
+    mids, smooth = [], []
     while time.monotonic() - t0 < 1.2:
         mids.append(pipe.guidance_scale)
+        smooth.append(pipe.smoothing)
         time.sleep(0.05)
     inner = [g for g in mids if 1.05 < g < 2.95]
     assert inner, f"guidance jumped instead of morphing: {mids}"
     assert inner == sorted(inner)  # monotonic ramp
-    assert wait_until(lambda: pipe.guidance_scale == 3.0, 3)
+    assert [s for s in smooth if 0.02 < s < 0.78], f"smoothing jumped instead of morphing: {smooth}"
+    assert wait_until(lambda: pipe.guidance_scale == 3.0 and pipe.smoothing == 0.8, 3)
     assert wait_until(lambda: pipe.seed == 6, 1)
     assert torch.equal(pipe.noise, pipe.noise_for_seed(6).to(pipe.noise.dtype))
     assert not torch.equal(pipe.noise, noise5)
