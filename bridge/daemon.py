@@ -431,6 +431,8 @@ class Daemon:
             out.update(showing=pub.showing, output_fps_target=round(pub.fps, 2),
                        phase_offset_ms=None if offset is None else round(1000 * offset, 2), sinks=pub.sink_stats())
         out.update(frames_rendered=self.frames_rendered, render_errors=self.render_errors)
+        if self.controller is not None:
+            out["params"] = self.controller.snapshot()
         return out
 
     # ------------------------------------------------------------------ stop

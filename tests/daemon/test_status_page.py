@@ -48,6 +48,7 @@ def test_page_and_figures(daemon):
     assert code == 200 and headers["cache-control"] == "no-store"
     assert status["source"] == "live" and status["showing"] == "frame" and status["output_fps_target"] == 30.0
     assert status["sinks"][0]["sends"] > 0 and status["frames_rendered"] > 0
+    assert status["params"]["prompt"] == daemon.controller.values["prompt"]  # the live values too
     assert set(daemon.status()) <= set(status)
 
 
