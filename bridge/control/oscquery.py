@@ -179,6 +179,20 @@ def _json(obj: Any) -> Response:
     return Response(HTTPStatus.OK, json.dumps(obj).encode(), "application/json")
 
 
+def announce_addresses(host: str) -> list[str]:
+    """The IPv4 addresses to announce for a service listening on ``host``: that address, or for a
+    wildcard (``0.0.0.0``/empty) every non-loopback IPv4 address of this machine (loopback only
+    when there is nothing else)."""
+    if host not in ("", "0.0.0.0"):
+        return [host]
+    import ifaddr  # installed with zeroconf
+
+    found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
+             if isinstance(ip.ip, str) and not ip.ip.startswith("169.254.")]
+    outside = [a for a in found if not ipaddress.ip_address(a).is_loopback]
+    return sorted(set(outside or found or ["127.0.0.1"]))
+
+
 class Advertiser:
     """mDNS/Bonjour announcements of the OSC port (``_osc._udp``) and, when given, the OSCQuery
     port (``_oscjson._tcp``). Registration (about 2 s of probing) runs on its own thread."""
@@ -215,10 +229,9 @@ class Advertiser:
             if addr is not None and addr.is_loopback:
                 log.warning("osc.listen is on %s: only this machine can reach it; listen on 0.0.0.0 or the "
                             "LAN address for other devices to use what is announced", self.host)
-            interfaces: Any = [self.host] if addr is not None else None
-            zc = Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only) if interfaces else Zeroconf(
-                ip_version=IPVersion.V4Only)
-            packed = [socket.inet_aton(self.host)] if addr is not None else None
+            announced = announce_addresses(self.host)
+            zc = Zeroconf(interfaces=announced, ip_version=IPVersion.V4Only)
+            packed = [socket.inet_aton(a) for a in announced]
             server = f"{socket.gethostname().split('.')[0] or 'streambridge'}.local."
             services = [("_osc._udp.local.", self.osc_port)]
             if self.query_port is not None:

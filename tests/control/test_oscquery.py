@@ -93,3 +93,18 @@ def test_host_info():
     assert info["OSC_PORT"] == 9400 and info["OSC_TRANSPORT"] == "UDP" and "OSC_IP" not in info
     assert info["EXTENSIONS"]["VALUE"] and not info["EXTENSIONS"]["LISTEN"]
     assert host_info("x", "192.168.1.20", 1)["OSC_IP"] == "192.168.1.20"
+
+
+def test_announced_addresses(monkeypatch):
+    import types
+
+    from bridge.control.oscquery import announce_addresses
+
+    assert announce_addresses("192.168.1.20") == ["192.168.1.20"]
+    ip = types.SimpleNamespace
+    adapters = [ip(ips=[ip(ip="127.0.0.1")]), ip(ips=[ip(ip="10.0.0.5"), ip(ip=("fe80::1", 0, 2))]),
+                ip(ips=[ip(ip="169.254.3.3")]), ip(ips=[ip(ip="192.168.1.20")])]
+    monkeypatch.setattr("ifaddr.get_adapters", lambda: adapters)
+    assert announce_addresses("0.0.0.0") == ["10.0.0.5", "192.168.1.20"]  # no loopback, link-local, IPv6
+    monkeypatch.setattr("ifaddr.get_adapters", lambda: adapters[:1])
+    assert announce_addresses("") == ["127.0.0.1"]  # only loopback: better than nothing
