@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=1.2)
     p.add_argument("--delta", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--smoothing", type=float, default=0.0, help="temporal smoothing 0..0.95 (default 0: off)")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="WxH (default 512x512)")
     p.add_argument("--frame-buffer", type=int, default=1, help="frames per stream call (default 1)")
     p.add_argument("--add-noise", action=argparse.BooleanOptionalAction, default=True)
@@ -128,7 +129,6 @@ def run_render(args: argparse.Namespace) -> int:
 
     src = Path(args.input)
     out_dir = Path(args.output_dir)
-    count, frames = iter_input(src)
     if args.frame_buffer < 1:
         raise CliError("--frame-buffer must be >= 1")
     if args.strength is not None:
@@ -142,12 +142,13 @@ def run_render(args: argparse.Namespace) -> int:
     settings = StreamSettings(
         width=width, height=height, t_index_list=t_list, frame_buffer_size=args.frame_buffer,
         cfg_type=args.cfg, guidance_scale=args.guidance, delta=args.delta, seed=args.seed,
-        add_noise=args.add_noise,
+        add_noise=args.add_noise, smoothing=args.smoothing,
     )
     try:
         settings.check()
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    count, frames = iter_input(src)  # after the arguments: a typo is reported before any file is read
     spec = ModelSpec(
         model=args.model or ModelSpec.model, vae=args.vae or "taesd", lcm_lora=args.lcm_lora or "auto",
         device=args.device or "auto", dtype=args.dtype or "auto",

@@ -70,6 +70,18 @@ def test_render_video_file(tmp_path, tiny_model_dir):
     assert rc == 0
     imgs, _ = read_outputs(out)
     assert len(imgs) == 6 and imgs[0].shape == (SIZE, SIZE, 3)
+    smooth = tmp_path / "smooth"
+    rc = main(["render", str(video), str(smooth), "--model", str(tiny_model_dir), "--device", "cpu",
+               "--size", f"{SIZE}x{SIZE}", "--strength", "0.6", "--cfg", "full", "--guidance", "1.5",
+               "--smoothing", "0.8"])
+    assert rc == 0
+    simgs, _ = read_outputs(smooth)
+
+    def change(frames):
+        return sum(float(np.abs(b.astype(int) - a.astype(int)).mean()) for a, b in zip(frames, frames[1:], strict=False))
+
+    np.testing.assert_array_equal(simgs[0], imgs[0])  # the first frame has nothing to blend with
+    assert change(simgs) < change(imgs)  # steadier from frame to frame
 
 
 @pytest.mark.parametrize(
@@ -88,12 +100,14 @@ def test_render_bad_input_is_a_clear_error(tmp_path, tiny_model_dir, caplog, arg
     assert message in caplog.text
 
 
-def test_render_bad_arguments_exit_nonzero(tmp_path, tiny_model_dir):
+def test_render_bad_arguments_exit_nonzero(tmp_path, tiny_model_dir, caplog):
     with pytest.raises(SystemExit) as exc:
         main(["render", str(tmp_path), str(tmp_path / "o"), "--size", "100x7"])
     assert exc.value.code != 0
     with pytest.raises(SystemExit):
         main(["render", str(tmp_path), str(tmp_path / "o"), "--steps", "45,32"])
+    assert main(["render", str(tmp_path), str(tmp_path / "o"), "--smoothing", "1.5"]) != 0
+    assert "smoothing should be in [0, 0.95] but is 1.5" in caplog.text
 
 
 def test_make_tiny_cli(tmp_path):
