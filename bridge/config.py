@@ -173,6 +173,8 @@ class DaemonConfig(_Strict):
                 f"pipeline.denoising_batch: false runs the U-Net at varying batch sizes, which the "
                 f"static-shape {self.pipeline.acceleration!r} engines cannot; use acceleration: none"
             )
+        if not self.osc.enabled and (self.osc.query_port is not None or self.osc.advertise):
+            raise ValueError("osc.query_port / osc.advertise describe the OSC port, but osc.enabled is false")
         return self
 
 

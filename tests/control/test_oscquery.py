@@ -88,6 +88,16 @@ def test_what_is_described_is_what_the_surface_accepts(surface, tree):
                 assert isinstance(_send(surface, address, tag, too_big), Rejected), (address, too_big)
 
 
+def test_oscquery_needs_osc_on():
+    from pydantic import ValidationError
+
+    from bridge.config import DaemonConfig
+
+    with pytest.raises(ValidationError, match="osc.enabled is false"):
+        DaemonConfig.model_validate({"osc": {"enabled": False, "query_port": 9402}})
+    assert DaemonConfig.model_validate({"osc": {"query_port": 9402}}).osc.query_port == 9402
+
+
 def test_host_info():
     info = host_info("StreamBridge", "0.0.0.0", 9400)
     assert info["OSC_PORT"] == 9400 and info["OSC_TRANSPORT"] == "UDP" and "OSC_IP" not in info
