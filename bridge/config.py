@@ -137,6 +137,8 @@ class ParamsConfig(_Strict):
     guidance: float = Field(PARAMS["guidance"].default, ge=PARAMS["guidance"].lo, le=PARAMS["guidance"].hi)
     delta: float = Field(PARAMS["delta"].default, ge=PARAMS["delta"].lo, le=PARAMS["delta"].hi)
     seed: int = Field(PARAMS["seed"].default, ge=0, le=2**31 - 1)
+    seed_b: int = Field(PARAMS["seed_b"].default, ge=0, le=2**31 - 1)
+    seed_mix: float = Field(0.0, ge=0, le=1)
     transition: float = Field(0.0, ge=0, le=120)
     bypass: bool = False
     mix: float = Field(1.0, ge=0, le=1)

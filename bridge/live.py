@@ -30,6 +30,7 @@ log = logging.getLogger("streambridge.live")
 
 PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
 MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
+NOISE_KEYS = ("seed", "seed_b", "seed_mix")  # together they make the stream's noise
 
 
 @dataclass
@@ -45,7 +46,7 @@ class _Morph:
     neg_to: torch.Tensor | None
     noise_from: torch.Tensor | None
     noise_to: torch.Tensor | None
-    target_seed: int | None
+    target_noise: dict[str, Any] | None  # seed, seed_b, seed_mix the noise morph ends on
     target_texts: dict[str, str]  # the prompt fields the morph ends on
 
 
@@ -88,6 +89,9 @@ class LiveController:
         self._conditioning_dirty = True
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
         self.applied_batches = 0
+        self._noise_cache: dict[int, torch.Tensor] = {}
+        if self.values["seed_mix"] > 0:
+            self._update_noise()
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the live values, safe to take from another thread (the copy is one C call
@@ -157,6 +161,7 @@ class LiveController:
 
     def _set_params(self, values: dict[str, Any]) -> None:
         changed: dict[str, Any] = {}
+        noise_dirty = False
         for name, value in values.items():
             if self._morph is not None:
                 self._morph_drop(name)
@@ -176,13 +181,15 @@ class LiveController:
                 self.pipeline.set_guidance_scale(value)
             elif name == "delta":
                 self.pipeline.set_delta(value)
-            elif name == "seed":
-                self.pipeline.set_seed(value)
+            elif name in NOISE_KEYS:
+                noise_dirty = True
             elif name == "filter_threshold":
                 self.pipeline.set_filter(value)
             elif name == "smoothing":
                 self.pipeline.set_smoothing(value)
             # bypass, mix, transition are read by the render loop / recalls
+        if noise_dirty:
+            self._update_noise()
         if changed:
             self._feedback(changed)
 
@@ -232,18 +239,18 @@ class LiveController:
             return
         # morph: float knobs, embeddings and noise move frame by frame; the rest cuts now
         start_pos, start_neg = self._current_embeds()
-        cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k != "seed"}
+        cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k not in NOISE_KEYS}
         self._set_params({k: v for k, v in cut.items() if self.values.get(k) != v})
         end_pos, end_neg = self._embeds_for(target)
-        seed_to = int(target["seed"])
+        noise_changes = any(target[k] != self.values[k] for k in NOISE_KEYS)
         self._morph = _Morph(
             t0=now, duration=duration, preset=name,
             start={k: float(self.values[k]) for k in MORPH_FLOATS},
             target={k: float(target[k]) for k in MORPH_FLOATS},
             pos_from=start_pos, pos_to=end_pos, neg_from=start_neg, neg_to=end_neg,
             noise_from=self.pipeline.noise.clone(),
-            noise_to=self.pipeline.noise_for_seed(seed_to) if seed_to != self.values["seed"] else None,
-            target_seed=seed_to,
+            noise_to=self._noise_for(target) if noise_changes else None,
+            target_noise={k: target[k] for k in NOISE_KEYS} if noise_changes else None,
             target_texts={k: target[k] for k in PROMPT_KEYS},
         )
         log.info("preset %s: morphing over %.2f s", name, duration)
@@ -257,9 +264,9 @@ class LiveController:
             m.target.pop(name, None)
         elif name in PROMPT_KEYS:
             m.pos_to = m.neg_to = None
-        elif name == "seed":
+        elif name in NOISE_KEYS:
             m.noise_to = None
-            m.target_seed = None
+            m.target_noise = None
 
     def _advance_morph(self, now: float) -> None:
         m = self._morph
@@ -294,14 +301,39 @@ class LiveController:
         final: dict[str, Any] = {k: m.target[k] for k in m.target}
         if m.pos_to is not None:
             final.update(m.target_texts)
-        if m.target_seed is not None:
-            final["seed"] = m.target_seed
+        if m.target_noise is not None:
+            final.update(m.target_noise)
         changed = {k: v for k, v in final.items() if self.values.get(k) != v}
         self._set_params(changed)
-        if m.target_seed is not None:
-            self.pipeline.set_seed(m.target_seed)  # exact noise of the target seed
+        if m.target_noise is not None:
+            self._update_noise()  # exactly the target's noise, not the last slerp step
         self._update_conditioning()
         log.info("preset %s: morph done", m.preset)
+
+    # ------------------------------------------------------------------ noise
+    def _seed_noise(self, seed: int) -> torch.Tensor:
+        noise = self._noise_cache.get(seed)
+        if noise is None:
+            if len(self._noise_cache) >= 4:
+                self._noise_cache.pop(next(iter(self._noise_cache)))
+            noise = self._noise_cache[seed] = self.pipeline.noise_for_seed(seed)
+        return noise
+
+    def _noise_for(self, v: dict[str, Any]) -> torch.Tensor:
+        """The stream noise for ``v``: seed's, seed B's, or their slerp at ``seed_mix``."""
+        mix = float(v["seed_mix"])
+        if mix <= 0.0:
+            return self._seed_noise(int(v["seed"]))
+        if mix >= 1.0:
+            return self._seed_noise(int(v["seed_b"]))
+        a, b = self._seed_noise(int(v["seed"])), self._seed_noise(int(v["seed_b"]))
+        return slerp(a.float(), b.float(), mix).to(a.dtype)
+
+    def _update_noise(self) -> None:
+        v = self.values
+        self.pipeline.set_seed(int(v["seed"]))  # keeps pipeline.seed; the exact noise at mix 0
+        if float(v["seed_mix"]) > 0.0:
+            self.pipeline.set_noise(self._noise_for(v))
 
     # ------------------------------------------------------------------ conditioning
     def _embeds_for(self, v: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -81,6 +81,8 @@ PARAMS: dict[str, ParamSpec] = {
         ParamSpec("guidance", "/sd/guidance", float, 1.2, 0.0, 20.0, doc="guidance scale", control=(0.0, 5.0)),
         ParamSpec("delta", "/sd/delta", float, 1.0, 0.0, 5.0, doc="residual CFG scale", control=(0.0, 2.0)),
         ParamSpec("seed", "/sd/seed", int, 2, 0, 2**31 - 1, doc="noise seed", control=(0, 9999)),
+        ParamSpec("seed_b", "/sd/seed/b", int, 3, 0, 2**31 - 1, doc="seed crossfader: seed B", control=(0, 9999)),
+        ParamSpec("seed_mix", "/sd/seed/mix", float, 0.0, 0.0, 1.0, doc="slerp between the noise of seed (0) and seed B (1)"),
         ParamSpec(
             "transition", "/sd/transition", float, 0.0, 0.0, 120.0, doc="default morph seconds",
             control=(0.0, 10.0),

@@ -51,6 +51,8 @@ HOT_FIELDS: tuple[str, ...] = (
     "guidance",
     "delta",
     "seed",
+    "seed_b",
+    "seed_mix",
     "filter_threshold",
     "smoothing",
     "mix",
@@ -154,6 +156,8 @@ class Preset(BaseModel):
     guidance: float | None = _hot("guidance")
     delta: float | None = _hot("delta")
     seed: int | None = _hot("seed")
+    seed_b: int | None = _hot("seed_b")
+    seed_mix: float | None = _hot("seed_mix")
     filter_threshold: float | None = _hot("filter_threshold")
     smoothing: float | None = _hot("smoothing")
     mix: float | None = _hot("mix")

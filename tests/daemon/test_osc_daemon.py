@@ -221,3 +221,25 @@ def test_dropped_status_and_counters_exposed(daemon):
     st = daemon.status()
     assert set(st) >= {"fps", "latency_ms", "source", "preset", "dropped"}
     assert math.isfinite(st["latency_ms"]) and st["latency_ms"] > 0
+
+
+def test_seed_crossfader_slerps_the_noise_without_a_restart(daemon, client, feedback):
+    from stream_core.blend import slerp
+
+    pipe = daemon.engine.pipeline
+    send(client, "/sd/seed", 11)
+    assert wait_until(lambda: pipe.seed == 11)
+    n11, n77 = pipe.noise_for_seed(11), pipe.noise_for_seed(77)
+    frames = daemon.frames_rendered
+    send(client, "/sd/seed/b", 77)
+    send(client, "/sd/seed/mix", 0.5)
+    want = slerp(n11.float(), n77.float(), 0.5).to(n11.dtype)
+    assert wait_until(lambda: torch.allclose(pipe.noise, want, atol=1e-6))
+    assert pipe.seed == 11  # seed A stays the seed; the mix is on top
+    feedback.wait_for("/sd/seed/mix", lambda a: a[0] == pytest.approx(0.5))
+    send(client, "/sd/seed/mix", 1.0)
+    assert wait_until(lambda: torch.equal(pipe.noise, n77))
+    send(client, "/sd/seed/mix", 0.0)
+    assert wait_until(lambda: torch.equal(pipe.noise, n11))
+    assert wait_until(lambda: daemon.frames_rendered > frames + 2)  # frames kept flowing, buffer kept
+    send(client, "/sd/seed", PARAMS["seed"].default)

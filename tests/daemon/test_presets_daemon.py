@@ -123,6 +123,30 @@ def test_morph_moves_guidance_noise_and_embeddings_over_time(daemon, client, fee
     feedback.wait_for("/sd/seed", lambda a: a[0] == 6)
 
 
+def test_recall_morphs_the_seed_crossfader_and_ends_on_its_exact_noise(daemon, client, preset_dir):
+    from stream_core.blend import slerp
+
+    pipe = daemon.engine.pipeline
+    base = {"prompt": "a quiet beach at dawn", "seed": 5, "seed_b": 9}
+    (preset_dir / "s-start.yaml").write_text(yaml.safe_dump({**base, "seed_mix": 0.0, "transition": 0}))
+    (preset_dir / "s-target.yaml").write_text(yaml.safe_dump({**base, "seed_mix": 0.7, "transition": 1.0}))
+    assert wait_until(lambda: daemon.presets.get("s-target") is not None and daemon.presets.get("s-start"), 3)
+    n5, n9 = pipe.noise_for_seed(5), pipe.noise_for_seed(9)
+    send(client, "/sd/preset", "s-start")
+    assert wait_until(lambda: torch.equal(pipe.noise, n5), 3)
+    send(client, "/sd/preset", "s-target")
+    target = slerp(n5.float(), n9.float(), 0.7).to(n5.dtype)
+    seen_between = False
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.8:
+        noise = pipe.noise.clone()
+        seen_between |= not torch.equal(noise, n5) and not torch.allclose(noise, target, atol=1e-4)
+        time.sleep(0.05)
+    assert seen_between, "the noise cut instead of morphing"
+    assert wait_until(lambda: torch.allclose(pipe.noise, target, atol=1e-6), 3)
+    assert daemon.controller.values["seed_mix"] == 0.7
+
+
 def test_save_then_recall_round_trip(daemon, client, preset_dir):
     send(client, "/sd/guidance", 2.75)
     send(client, "/sd/prompt", "a saved look")
