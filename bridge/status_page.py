@@ -36,7 +36,8 @@ PAGE = """<!doctype html>
  h1{font-size:18px;margin:0 0 12px} .row{display:flex;gap:16px;flex-wrap:wrap}
  figure{margin:0} figcaption{color:#888;margin-top:4px}
  img{width:384px;max-width:100%;background:#000;border:1px solid #333;image-rendering:auto}
- table{border-collapse:collapse;margin-top:12px} td{padding:2px 12px 2px 0}
+ table{border-collapse:collapse;margin-top:12px} td{padding:2px 12px 2px 0;vertical-align:top}
+ td:last-child{max-width:640px;overflow-wrap:anywhere}
  td:first-child{color:#888} .live{color:#6c6} .bad{color:#e66}
 </style></head><body>
 <h1>StreamBridge <span id="state"></span></h1>
@@ -60,9 +61,16 @@ async function refreshFigures(){
     const s=await r.json();
     const st=document.getElementById('state');
     st.textContent=s.source; st.className=s.source==='live'?'live':'bad';
-    const rows=Object.entries(s).map(([k,v])=>'<tr><td>'+k+'</td><td>'+
-      (typeof v==='object'?JSON.stringify(v):v)+'</td></tr>');
-    document.getElementById('figures').innerHTML=rows.join('');
+    const esc=t=>String(t).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+    const rows=[];
+    for(const [k,v] of Object.entries(s)){
+      if(v!==null&&typeof v==='object'){  // one level down: params.prompt, sinks.0 ...
+        for(const [k2,v2] of Object.entries(v))
+          rows.push([k+'.'+k2,typeof v2==='object'?JSON.stringify(v2):v2]);
+      }else rows.push([k,v]);
+    }
+    document.getElementById('figures').innerHTML=
+      rows.map(([k,v])=>'<tr><td>'+esc(k)+'</td><td>'+esc(v)+'</td></tr>').join('');
   }catch(e){document.getElementById('state').textContent='(daemon not answering)';}
   setTimeout(refreshFigures,500);
 }
