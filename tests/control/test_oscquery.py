@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -118,3 +119,32 @@ def test_announced_addresses(monkeypatch):
     assert announce_addresses("0.0.0.0") == ["10.0.0.5", "192.168.1.20"]  # no loopback, link-local, IPv6
     monkeypatch.setattr("ifaddr.get_adapters", lambda: adapters[:1])
     assert announce_addresses("") == ["127.0.0.1"]  # only loopback: better than nothing
+
+
+def test_any_request_gets_a_proper_answer(surface):
+    """Fuzzed paths and queries: every answer is a defined status, never an exception (a 500)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from bridge.control.oscquery import OscQueryServer
+    from bridge.params import default_values
+
+    server = OscQueryServer("127.0.0.1", 0, name="t", osc_address=("127.0.0.1", 9400), surface=surface,
+                            values=default_values, presets=lambda: PRESETS, status=lambda: {"fps": 1.0})
+    try:
+        parts = st.sampled_from(["sd", "norm", "prompt", "seed", "mix", "status", "..", "", "%2F", "ü", "a" * 300])
+        paths = st.lists(parts, max_size=6).map(lambda p: "/" + "/".join(p)) | st.text(max_size=200)
+        queries = st.sampled_from(["", "VALUE", "RANGE", "TYPE", "HOST_INFO", "CONTENTS", "LISTEN", "x=1"]) | st.text(
+            max_size=50)
+
+        @settings(max_examples=400, deadline=None)
+        @given(paths, queries)
+        def check(path, query):
+            r = server.route(path, query)
+            assert r.code in (200, 204, 400, 404)
+            if r.code == 200:
+                json.loads(r.body)
+
+        check()
+    finally:
+        server.stop()  # never started: just closes the socket
