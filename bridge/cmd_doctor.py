@@ -42,8 +42,17 @@ def checks() -> list[tuple[bool | None, str, str]]:
             cc = ".".join(map(str, torch.cuda.get_device_capability(0)))
             out.append((True, "cuda", f"{torch.version.cuda} on {names} (compute {cc})"))
         else:
+            from stream_core.models import mps_available
+
             why = "CPU build of torch" if torch.version.cuda is None else "no NVIDIA GPU/driver visible"
-            out.append((None, "cuda", f"not available ({why}); the pipeline runs on the CPU (slow)"))
+            fallback = "the pipeline runs on the Apple GPU (mps)" if mps_available() else \
+                "the pipeline runs on the CPU (slow)"
+            out.append((None, "cuda", f"not available ({why}); {fallback}"))
+        if sys.platform == "darwin":
+            from stream_core.models import mps_available
+
+            out.append((mps_available() or None, "mps",
+                        "Apple GPU available" if mps_available() else "not available (needs Apple silicon, macOS 12.3+)"))
     except ImportError:
         out.append((False, "torch", "not installed: pip install torch (before streambridge)"))
     for mod, label, hint in (

@@ -44,7 +44,7 @@ class ModelConfig(_Strict):
     vae: str = Field("taesd", description="taesd | full | folder / hub id")
     lcm_lora: str = Field("auto", description="auto | none | folder / hub id")
     loras: list[LoraConfig] = Field(default_factory=list)
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps (Apple silicon)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 

@@ -149,6 +149,10 @@ class Daemon:
 
         def encode(text: str):
             # runs on the prompt-encoder thread; touches only the text encoder
+            if encoder.device.type == "mps":  # MPS has one queue: finish the work before the hand-off
+                emb = encoder.encode(text)
+                torch.mps.synchronize()
+                return emb
             if side_stream is None:
                 return encoder.encode(text)
             with torch.cuda.stream(side_stream):

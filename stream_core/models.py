@@ -65,10 +65,17 @@ class Components:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def mps_available() -> bool:
+    """An Apple-silicon GPU usable through torch's MPS backend (macOS 12.3+)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """``auto``: CUDA with fp16 when a GPU is present, else CPU with fp32."""
+    """``auto``: CUDA with fp16 when an NVIDIA GPU is present, else Apple's MPS with fp16 on Apple
+    silicon, else CPU with fp32."""
     if device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     else:
         try:
             dev = torch.device(device)
@@ -79,9 +86,14 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
                 f"device {device!r} asked for, but this torch build sees no CUDA GPU "
                 f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch"
             )
+        if dev.type == "mps" and not mps_available():
+            raise ValueError(
+                f"device {device!r} asked for, but this torch sees no Apple GPU (MPS needs Apple silicon and "
+                f"macOS 12.3+; torch {torch.__version__}); use --device cpu"
+            )
     names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype == "auto":
-        dt = torch.float16 if dev.type == "cuda" else torch.float32
+        dt = torch.float16 if dev.type in ("cuda", "mps") else torch.float32
     elif dtype in names:
         dt = names[dtype]
     else:

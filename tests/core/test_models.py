@@ -87,3 +87,16 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda", "auto")
+
+
+def test_device_resolution_on_apple_silicon(monkeypatch):
+    """Without an NVIDIA GPU, ``auto`` takes the Apple GPU (MPS) in fp16 where torch has it; an
+    explicit ``mps`` without it is an error, never a quiet move to the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto", "auto") == (torch.device("mps"), torch.float16)
+    assert resolve_device("mps", "float32") == (torch.device("mps"), torch.float32)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto", "auto") == (torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="no Apple GPU"):
+        resolve_device("mps", "auto")
