@@ -25,8 +25,7 @@ class LatestMailbox(Generic[T]):
             raise ValueError(f"capacity should be >= 1 but is {capacity!r}")
         self.name = name
         self._capacity = int(capacity)
-        self._items: deque[T] = deque()
-        self._stamps: deque[tuple[int, float]] = deque()  # (put ordinal, put time) per item
+        self._items: deque[tuple[int, float, T]] = deque()  # (put ordinal, put time, item)
         self._taken: tuple[int, float] | None = None
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -65,11 +64,9 @@ class LatestMailbox(Generic[T]):
             for item in items:
                 if len(self._items) >= self._capacity:
                     self._items.popleft()
-                    self._stamps.popleft()
                     self._dropped += 1
-                self._items.append(item)
                 self._put += 1
-                self._stamps.append((self._put, now))
+                self._items.append((self._put, now, item))
             self._cond.notify_all()
         return True
 
@@ -93,19 +90,19 @@ class LatestMailbox(Generic[T]):
             if not self._items:
                 return None
             self._got += 1
-            self._taken = self._stamps.popleft()
-            return self._items.popleft()
+            ordinal, t, item = self._items.popleft()
+            self._taken = (ordinal, t)
+            return item
 
     def take_latest(self) -> T | None:
         """Without waiting, return the newest item (None if empty); older ones count as dropped."""
         with self._cond:
             if not self._items:
                 return None
-            item = self._items.pop()
-            self._taken = self._stamps.pop()
+            ordinal, t, item = self._items.pop()
+            self._taken = (ordinal, t)
             self._dropped += len(self._items)
             self._items.clear()
-            self._stamps.clear()
             self._got += 1
             return item
 
