@@ -90,8 +90,8 @@ class LiveController:
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
         self.applied_batches = 0
         self._noise_cache: dict[int, torch.Tensor] = {}
-        if self.values["seed_mix"] > 0:
-            self._update_noise()
+        # noise follows seed/seed_b/seed_mix once per tick (a fader may send several per frame)
+        self._noise_dirty = self.values["seed_mix"] > 0
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the live values, safe to take from another thread (the copy is one C call
@@ -137,6 +137,8 @@ class LiveController:
             self._advance_morph(now)
         if self._conditioning_dirty and (self._morph is None or self._morph.pos_to is None):
             self._update_conditioning()
+        if self._noise_dirty and (self._morph is None or self._morph.noise_to is None):
+            self._update_noise()
 
     # ------------------------------------------------------------------ commands
     def _apply_batch(self, batch: list[Any], now: float) -> None:
@@ -161,7 +163,6 @@ class LiveController:
 
     def _set_params(self, values: dict[str, Any]) -> None:
         changed: dict[str, Any] = {}
-        noise_dirty = False
         for name, value in values.items():
             if self._morph is not None:
                 self._morph_drop(name)
@@ -182,14 +183,12 @@ class LiveController:
             elif name == "delta":
                 self.pipeline.set_delta(value)
             elif name in NOISE_KEYS:
-                noise_dirty = True
+                self._noise_dirty = True
             elif name == "filter_threshold":
                 self.pipeline.set_filter(value)
             elif name == "smoothing":
                 self.pipeline.set_smoothing(value)
             # bypass, mix, transition are read by the render loop / recalls
-        if noise_dirty:
-            self._update_noise()
         if changed:
             self._feedback(changed)
 
@@ -304,9 +303,7 @@ class LiveController:
         if m.target_noise is not None:
             final.update(m.target_noise)
         changed = {k: v for k, v in final.items() if self.values.get(k) != v}
-        self._set_params(changed)
-        if m.target_noise is not None:
-            self._update_noise()  # exactly the target's noise, not the last slerp step
+        self._set_params(changed)  # noise keys changed: the tick then sets the target's exact noise
         self._update_conditioning()
         log.info("preset %s: morph done", m.preset)
 
@@ -330,6 +327,7 @@ class LiveController:
         return slerp(a.float(), b.float(), mix).to(a.dtype)
 
     def _update_noise(self) -> None:
+        self._noise_dirty = False
         v = self.values
         self.pipeline.set_seed(int(v["seed"]))  # keeps pipeline.seed; the exact noise at mix 0
         if float(v["seed_mix"]) > 0.0:
