@@ -1,7 +1,7 @@
 """A small threaded HTTP server for the daemon's side services (status page, OSCQuery).
 
-A service gives one function, ``route(path, query) -> Response``, called on the server's threads
-for GET and HEAD (other methods get 405). An exception in it is logged (throttled) and answered
+A service subclasses :class:`LocalHttpServer` and implements ``route(path, query) -> Response``,
+called on the server's threads for GET and HEAD (other methods get 405). An exception in it is logged (throttled) and answered
 with 500; a client that goes away mid-answer is ignored. Nothing here prints: the stdlib's
 per-request log lines go to ``logging`` at debug level.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,9 +28,6 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Route = Callable[[str, str], Response]
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -42,7 +38,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # never print to stderr
         if self.owner.errors.hit() is not None:
-            log.warning("%s: request from %s failed", self.owner.name, client_address, exc_info=True)
+            log.warning("%s: request from %s failed", self.owner.label, client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: %s - %s", self.server.owner.name, self.address_string(), format % args)
+        log.debug("%s: %s - %s", self.server.owner.label, self.address_string(), format % args)
 
     def do_GET(self) -> None:
         self._answer(head=False)
@@ -71,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
             response = owner.route(path, query)
         except Exception:
             if owner.errors.hit() is not None:
-                log.warning("%s: %s failed", owner.name, self.path[:200], exc_info=True)
+                log.warning("%s: %s failed", owner.label, self.path[:200], exc_info=True)
             response = Response(HTTPStatus.INTERNAL_SERVER_ERROR, b"error (see the daemon log)\n")
         try:
             self._send(response, head)
@@ -92,14 +88,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LocalHttpServer:
-    """Binds at construction (a busy port fails then, at start-up), serves on a daemon thread."""
+    """Binds at construction (a busy port fails then, at start-up), serves on a daemon thread.
+    Subclasses answer requests in :meth:`route`."""
 
-    def __init__(self, host: str, port: int, route: Route, name: str) -> None:
-        self.route = route
-        self.name = name
+    def __init__(self, host: str, port: int, label: str) -> None:
+        self.label = label
         self.errors = LogThrottle(10.0)
         self._server = _Server((host, port), self)
         self._thread: threading.Thread | None = None
+
+    def route(self, path: str, query: str) -> Response:
+        raise NotImplementedError
 
     @property
     def address(self) -> tuple[str, int]:
@@ -113,7 +112,7 @@ class LocalHttpServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=self.name, daemon=True)
+                                        name=self.label, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

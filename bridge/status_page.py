@@ -94,7 +94,7 @@ def encode_preview(rgb: np.ndarray, max_width: int = PREVIEW_MAX_WIDTH, quality:
     return buf.tobytes()
 
 
-class StatusPage:
+class StatusPage(LocalHttpServer):
     """The page's server. ``status()`` returns a JSON-able dict; ``frame(which)`` the latest
     ``"input"`` or ``"output"`` RGB frame or None. Both are called on the server's threads."""
 
@@ -102,15 +102,7 @@ class StatusPage:
                  frame: Callable[[str], np.ndarray | None]) -> None:
         self.status = status
         self.frame = frame
-        self.server = LocalHttpServer(host, port, self.route, "status-page")  # binds now
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.server.address
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+        super().__init__(host, port, "status-page")  # binds now
 
     def route(self, path: str, query: str) -> Response:
         if path == "/":
@@ -125,8 +117,5 @@ class StatusPage:
         return Response(HTTPStatus.NOT_FOUND, b"not found\n")
 
     def start(self) -> None:
-        self.server.start()
+        super().start()
         log.info("status page on %s", self.url)
-
-    def stop(self) -> None:
-        self.server.stop()

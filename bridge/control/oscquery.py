@@ -131,7 +131,7 @@ def host_info(name: str, osc_host: str, osc_port: int) -> dict[str, Any]:
     return info
 
 
-class OscQueryServer:
+class OscQueryServer(LocalHttpServer):
     """The OSCQuery HTTP service. The callables are read on the server's threads: ``values()``
     the live parameters, ``presets()`` the preset names, ``status()`` the status figures."""
 
@@ -144,11 +144,7 @@ class OscQueryServer:
         self.values = values
         self.presets = presets
         self.status = status
-        self.server = LocalHttpServer(host, port, self.route, "oscquery")  # binds now
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.server.address
+        super().__init__(host, port, "oscquery")  # binds now
 
     def tree(self) -> dict[str, Any]:
         return namespace(self.surface, self.values(), self.presets(), self.status())
@@ -168,11 +164,8 @@ class OscQueryServer:
         return _json({query: node[query]})
 
     def start(self) -> None:
-        self.server.start()
-        log.info("OSCQuery on %s (OSC on UDP port %d)", self.server.url, self.osc_address[1])
-
-    def stop(self) -> None:
-        self.server.stop()
+        super().start()
+        log.info("OSCQuery on %s (OSC on UDP port %d)", self.url, self.osc_address[1])
 
 
 def _json(obj: Any) -> Response:
