@@ -177,7 +177,7 @@ def announce_addresses(host: str) -> list[str]:
     wildcard (``0.0.0.0``/empty) every non-loopback IPv4 address of this machine (loopback only
     when there is nothing else)."""
     if host not in ("", "0.0.0.0"):
-        return [host]
+        return [socket.gethostbyname(host)]  # an address stays itself; a name (localhost) resolves
     import ifaddr  # installed with zeroconf
 
     found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
@@ -212,17 +212,13 @@ class Advertiser:
         return bool(self.registered)
 
     def _register(self) -> None:
+        from zeroconf import IPVersion, ServiceInfo, Zeroconf
+
         try:
-            from zeroconf import IPVersion, ServiceInfo, Zeroconf
-        except ImportError:
-            log.error("mDNS announcements need the zeroconf package: pip install zeroconf")
-            return
-        try:
-            addr = ipaddress.ip_address(self.host) if self.host not in ("", "0.0.0.0") else None
-            if addr is not None and addr.is_loopback:
+            announced = announce_addresses(self.host)
+            if all(ipaddress.ip_address(a).is_loopback for a in announced):
                 log.warning("osc.listen is on %s: only this machine can reach it; listen on 0.0.0.0 or the "
                             "LAN address for other devices to use what is announced", self.host)
-            announced = announce_addresses(self.host)
             zc = Zeroconf(interfaces=announced, ip_version=IPVersion.V4Only)
             packed = [socket.inet_aton(a) for a in announced]
             server = f"{socket.gethostname().split('.')[0] or 'streambridge'}.local."

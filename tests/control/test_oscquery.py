@@ -148,3 +148,9 @@ def test_any_request_gets_a_proper_answer(surface):
         check()
     finally:
         server.stop()  # never started: just closes the socket
+
+
+def test_a_host_name_is_announced_as_its_address():
+    from bridge.control.oscquery import announce_addresses
+
+    assert announce_addresses("localhost") == ["127.0.0.1"]
