@@ -21,8 +21,15 @@ from typing import Any, Literal
 
 import torch
 
+from stream_core.blend import slerp
+from stream_core.conditioning import EmbedStore, Morph, SeedNoise, check_mix
 from stream_core.runner import ModelRunner
-from stream_core.schedule import check_t_index_list, step_scalars, strength_to_t_index_list
+from stream_core.schedule import (
+    NUM_INFERENCE_STEPS,
+    check_t_index_list,
+    step_scalars,
+    strength_to_t_index_list,
+)
 from stream_core.similarity import SimilarityFilter
 
 CfgType = Literal["none", "full", "self", "initialize"]
@@ -107,6 +114,20 @@ class StreamPipeline:
     Call with ``images`` shaped ``(f, 3, H, W)`` in [-1, 1] (or ``None`` for txt2img); returns
     ``(f, 3, H, W)`` in [-1, 1]. When the similarity filter skips a call, the previous output is
     returned again and nothing advances (``last_skipped`` is True).
+
+    Device discipline: every tensor the pipeline keeps (noise and its per-seed cache, embeddings,
+    the text batch, step scalars, guidance scalars, morph endpoints, blends) is made on
+    ``runner.device`` in ``runner.dtype`` (guidance/smoothing scalars: 0-dim float32 on the device).
+    Noise is drawn on a CPU generator (:func:`make_noise`) and moved once, when a seed is first
+    used. Embeddings handed in are checked and moved once per tensor object (:class:`EmbedStore`).
+
+    Hot path for graph capture: :meth:`denoise` takes the encoded latents ``z`` (``(f, C, h, w)``;
+    ``None`` for txt2img) and returns the output latents (smoothed, before decoding). Once the
+    stream is primed (``primed``), it reads and writes only static buffers, updated in place
+    (``_x_buffer``, ``_stock``, ``_wrap``, ``_noise_rows``, ``_text_batch``, the step-scalar rows,
+    the 0-dim guidance/delta/smoothing scalars, ``_smooth_prev``), makes no host synchronisation
+    and branches only on Python state that live setters do not change (mode, shapes). A live
+    setter between calls writes those buffers in place, so a captured call sees the change.
     """
 
     def __init__(
@@ -121,7 +142,7 @@ class StreamPipeline:
         self.runner = runner
         self.scheduler = scheduler
         self.settings = settings
-        self.device = runner.device
+        self.device = torch.device(runner.device)
         self.dtype = runner.dtype
         self.n = len(settings.t_index_list)
         self.f = settings.frame_buffer_size
@@ -131,28 +152,55 @@ class StreamPipeline:
             settings.height // settings.vae_scale,
             settings.width // settings.vae_scale,
         )
-        self.guidance_scale = float(settings.guidance_scale)
-        self.delta = float(settings.delta)
-        self.smoothing = float(settings.smoothing)
-        self._smooth_prev: torch.Tensor | None = None  # the last output latent (after smoothing)
         self.add_noise = bool(settings.add_noise)
         self.filter = SimilarityFilter(settings.filter_threshold, settings.filter_max_skip, settings.filter_seed)
 
+        dev, dt = self.device, self.dtype
         rows = self.n * self.f
         c, h, w = self.latent_shape
-        self._x_buffer = torch.zeros(((self.n - 1) * self.f, c, h, w), device=self.device, dtype=self.dtype)
-        self._stock = torch.zeros((rows, c, h, w), device=self.device, dtype=self.dtype)
+        # rows of the negative text in the U-Net batch, ahead of the n*f positive rows
+        self._uncond_rows = {"full": rows, "initialize": self.f}.get(self.cfg_type, 0)
+        # static state of the stream, updated in place
+        self._x_buffer = torch.zeros(((self.n - 1) * self.f, c, h, w), device=dev, dtype=dt)
+        self._stock = torch.zeros((rows, c, h, w), device=dev, dtype=dt)
+        # one step, self guidance: the residual noise's step, carried to the next call's stage 0
+        self._wrap = torch.zeros((self.f, c, h, w), device=dev, dtype=dt)
+        self._noise_rows = torch.zeros((rows, c, h, w), device=dev, dtype=dt)
+        self._smooth_prev = torch.zeros((1, c, h, w), device=dev, dtype=dt)
+        self._has_smooth_prev = False
+        self._g = torch.zeros((), device=dev, dtype=torch.float32)
+        self._delta = torch.zeros((), device=dev, dtype=torch.float32)
+        self._smoothing = torch.zeros((), device=dev, dtype=torch.float32)
         self._primed = False
         self._last_output: torch.Tensor | None = None
         self.last_skipped = False
         self.calls = 0
 
+        self.set_guidance_scale(settings.guidance_scale)
+        self.set_delta(settings.delta)
+        self.set_smoothing(settings.smoothing)
+
         self._embed_len: int | None = None
         self._embed_dim: int | None = None
-        self._pos = self._neg = None
+        self._pos: torch.Tensor | None = None
+        self._neg: torch.Tensor | None = None
+        self._text_batch: torch.Tensor | None = None
+        self._embeds = EmbedStore(self._as_embed)
         self.set_prompt_embeds(prompt_embeds, negative_prompt_embeds)
+
+        self._seeds = SeedNoise(lambda seed: make_noise(seed, self.n, c, h, w), dev, dt)
+        self._morph: Morph | None = None
         self.seed = _check_seed(settings.seed)
-        self.set_noise(make_noise(self.seed, self.n, c, h, w))
+        self.seed_b = self.seed
+        self.seed_mix = 0.0
+        self._noise = self._seeds.get(self.seed)
+        self._write_noise_rows()
+
+        self._scalar_table = self._make_scalar_table()
+        self._t_rows = torch.zeros((rows,), device=dev, dtype=torch.long)
+        self._alpha, self._beta, self._c_skip, self._c_out, self._ratio = (
+            torch.zeros((rows, 1, 1, 1), device=dev, dtype=dt) for _ in range(5)
+        )
         self.t_index_list: tuple[int, ...] = tuple(settings.t_index_list)
         self._set_scalars(self.t_index_list)
 
@@ -171,24 +219,57 @@ class StreamPipeline:
         """Calls between a frame entering and its result leaving (``n - 1``; 0 when sequential)."""
         return self.n - 1 if self.settings.denoising_batch else 0
 
-    # ------------------------------------------------------------------ live setters
+    @property
+    def primed(self) -> bool:
+        return self._primed
+
+    # ------------------------------------------------------------------ live setters: conditioning
     def set_prompt_embeds(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None = None) -> None:
         """Replace the text conditioning; the negative one is kept when ``None`` is passed after
         the first call (zeros-free: a missing negative at construction means the empty prompt's
         embedding must be given by the caller for ``full``/``initialize`` modes)."""
-        pos = self._as_embed(prompt_embeds, "prompt_embeds")
-        if negative_prompt_embeds is not None:
-            neg = self._as_embed(negative_prompt_embeds, "negative_prompt_embeds")
-        elif self._neg is not None:
-            neg = self._neg
-        elif self.cfg_type in ("full", "initialize"):
+        pos = self._embeds.get(prompt_embeds, "prompt_embeds")
+        neg = self._negative(negative_prompt_embeds)
+        self._set_text(pos, neg)
+
+    def set_conditioning(
+        self,
+        prompt: torch.Tensor,
+        prompt_b: torch.Tensor | None = None,
+        mix: float = 0.0,
+        negative: torch.Tensor | None = None,
+    ) -> None:
+        """Text conditioning from embedding handles (what the prompt encoder returned, any device
+        or dtype): ``prompt``, or its slerp towards ``prompt_b`` at ``mix`` (the A/B crossfader);
+        ``negative`` ``None`` keeps the current negative. Checked and moved once per handle; the
+        blend is made on the pipeline's device. Nothing changes when anything is refused."""
+        mix = check_mix("prompt_mix", mix)
+        a = self._embeds.get(prompt, "prompt_embeds")
+        pos = a
+        if prompt_b is not None:
+            b = self._embeds.get(prompt_b, "prompt_b embeddings")
+            pos = slerp(a, b, mix)
+        self._set_text(pos, self._negative(negative))
+
+    def _negative(self, negative: torch.Tensor | None) -> torch.Tensor | None:
+        if negative is not None:
+            return self._embeds.get(negative, "negative_prompt_embeds")
+        if self._neg is not None:
+            return self._neg
+        if self.cfg_type in ("full", "initialize"):
             raise ValueError(f"cfg_type {self.cfg_type!r} needs negative_prompt_embeds (the empty prompt's at least)")
-        else:
-            neg = None
+        return None
+
+    def _set_text(self, pos: torch.Tensor, neg: torch.Tensor | None) -> None:
         if neg is not None and neg.shape != pos.shape:
             raise ValueError(f"negative embeddings {tuple(neg.shape)} do not match prompt embeddings {tuple(pos.shape)}")
+        rows, u = self.n * self.f, self._uncond_rows
+        if self._text_batch is None:
+            self._text_batch = torch.empty((u + rows, *pos.shape[1:]), device=self.device, dtype=self.dtype)
+        if u:
+            self._text_batch[:u].copy_(neg.expand(u, -1, -1))
+        self._text_batch[u:].copy_(pos.expand(rows, -1, -1))
         self._pos, self._neg = pos, neg
-        self._build_text_batch()
 
     @property
     def prompt_embeds(self) -> torch.Tensor:
@@ -199,65 +280,133 @@ class StreamPipeline:
         return self._neg
 
     def _as_embed(self, e: torch.Tensor, name: str) -> torch.Tensor:
+        """Check a new embedding and return it on the pipeline's device and dtype (run once per
+        tensor object by :class:`EmbedStore`: the finiteness check waits for the device)."""
         if not isinstance(e, torch.Tensor):
             raise TypeError(f"{name} should be a tensor, got {type(e).__name__}")
         if e.dim() == 2:
             e = e.unsqueeze(0)
         if e.dim() != 3 or e.shape[0] != 1:
             raise ValueError(f"{name} should be shaped (1, tokens, dim) but is {tuple(e.shape)}")
-        if self._embed_len is None:
-            self._embed_len, self._embed_dim = int(e.shape[1]), int(e.shape[2])
-        elif (e.shape[1], e.shape[2]) != (self._embed_len, self._embed_dim):
+        if self._embed_len is not None and (e.shape[1], e.shape[2]) != (self._embed_len, self._embed_dim):
             raise RebuildRequired(
                 f"{name} shape {tuple(e.shape)} differs from the running (1, {self._embed_len}, {self._embed_dim})"
             )
-        if not torch.isfinite(e).all():
+        out = e.to(self.device, self.dtype, copy=True)
+        if not bool(torch.isfinite(out).all()):
             raise ValueError(f"{name} contains NaN or inf")
-        return e.to(self.device, self.dtype)
+        if self._embed_len is None:
+            self._embed_len, self._embed_dim = int(e.shape[1]), int(e.shape[2])
+        return out
 
-    def _build_text_batch(self) -> None:
-        rows = self.n * self.f
-        pos_rows = self._pos.expand(rows, -1, -1)
-        if self.cfg_type == "full":
-            batch = torch.cat([self._neg.expand(rows, -1, -1), pos_rows])
-        elif self.cfg_type == "initialize":
-            batch = torch.cat([self._neg.expand(self.f, -1, -1), pos_rows])
-        else:
-            batch = pos_rows
-        self._text_batch = batch.contiguous()
-
-    def set_guidance_scale(self, guidance_scale: float) -> None:
-        self.guidance_scale = _check_float("guidance_scale", guidance_scale)
-
-    def set_delta(self, delta: float) -> None:
-        self.delta = _check_float("delta", delta)
-
-    def set_smoothing(self, smoothing: float) -> None:
-        """Temporal smoothing in [0, 0.95]; applies from the next output on, from the real last one."""
-        self.smoothing = _check_smoothing(smoothing)
-
+    # ------------------------------------------------------------------ live setters: noise
     def set_seed(self, seed: int) -> None:
         """New noise for every stage; the latent buffer is kept (no restart)."""
-        seed = _check_seed(seed)
-        c, h, w = self.latent_shape
-        self.set_noise(make_noise(seed, self.n, c, h, w))
-        self.seed = seed
+        self.set_seed_mix(seed, seed, 0.0)
+
+    def set_seed_mix(self, seed: int, seed_b: int, mix: float) -> None:
+        """The seed crossfader: seed's noise, seed B's, or their slerp at ``mix``, made on the
+        device from the cached device copies of both seeds' noise."""
+        seed, seed_b = _check_seed(seed), _check_seed(seed_b)
+        noise = self._seeds.mix(seed, seed_b, mix)
+        self._noise = noise
+        self._write_noise_rows()
+        self.seed, self.seed_b, self.seed_mix = seed, seed_b, float(mix)
 
     def noise_for_seed(self, seed: int) -> torch.Tensor:
-        c, h, w = self.latent_shape
-        return make_noise(_check_seed(seed), self.n, c, h, w)
+        """The seed's stream noise on the pipeline's device and dtype (cached; do not modify)."""
+        return self._seeds.get(_check_seed(seed))
 
     def set_noise(self, noise: torch.Tensor) -> None:
-        """Set the per-stage noise directly (e.g. a slerp between two seeds' noise while morphing)."""
+        """Set the per-stage noise directly (copied to the pipeline's device and dtype)."""
         expected = (self.n, *self.latent_shape)
-        if tuple(noise.shape) != expected:
-            raise ValueError(f"noise should be shaped {expected} but is {tuple(noise.shape)}")
-        self._noise = noise.to(self.device, self.dtype)
-        self._noise_rows = self._noise.repeat_interleave(self.f, dim=0).contiguous()
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != expected:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise should be shaped {expected} but is {got}")
+        self._noise = noise.to(self.device, self.dtype, copy=True)
+        self._write_noise_rows()
+
+    def _write_noise_rows(self) -> None:
+        self._noise_rows.copy_(self._noise.repeat_interleave(self.f, dim=0))
 
     @property
     def noise(self) -> torch.Tensor:
         return self._noise
+
+    # ------------------------------------------------------------------ morphs
+    def begin_morph(
+        self,
+        *,
+        seeds: tuple[int, int, float] | None = None,
+        conditioning: tuple[torch.Tensor, torch.Tensor | None, float, torch.Tensor | None] | None = None,
+    ) -> None:
+        """Start a transition from the current noise/conditioning towards ``seeds`` (seed, seed B,
+        seed mix) and/or ``conditioning`` (prompt, prompt B or None, prompt mix, negative or None:
+        the arguments of :meth:`set_conditioning`). ``None`` leaves that part alone. Both ends are
+        made on the device here; :meth:`advance_morph` then only blends."""
+        noise_to = None
+        if seeds is not None:
+            seed, seed_b, mix = seeds
+            noise_to = self._seeds.mix(_check_seed(seed), _check_seed(seed_b), mix)
+        pos_to = neg_to = None
+        if conditioning is not None:
+            prompt, prompt_b, mix, negative = conditioning
+            mix = check_mix("prompt_mix", mix)
+            pos_to = self._embeds.get(prompt, "prompt_embeds")
+            if prompt_b is not None:
+                pos_to = slerp(pos_to, self._embeds.get(prompt_b, "prompt_b embeddings"), mix)
+            if negative is not None:
+                neg_to = self._embeds.get(negative, "negative_prompt_embeds")
+        self._morph = Morph(self._noise, noise_to, self._pos, pos_to, self._neg, neg_to)
+
+    def advance_morph(self, u: float) -> None:
+        """Blend noise and conditioning at progress ``u`` in [0, 1] (clamped)."""
+        m = self._morph
+        if m is None:
+            return
+        u = min(1.0, max(0.0, float(u)))
+        noise = m.noise_at(u)
+        if noise is not None:
+            self._noise = noise
+            self._write_noise_rows()
+        embeds = m.embeds_at(u)
+        if embeds is not None:
+            pos, neg = embeds
+            self._set_text(pos, neg if neg is not None else self._neg)
+
+    def drop_morph_noise(self) -> None:
+        """The noise stops morphing where it is (its parameters were taken over)."""
+        if self._morph is not None:
+            self._morph.noise_to = None
+
+    def drop_morph_conditioning(self) -> None:
+        if self._morph is not None:
+            self._morph.pos_to = self._morph.neg_to = None
+
+    def end_morph(self) -> None:
+        self._morph = None
+
+    @property
+    def morphing_noise(self) -> bool:
+        return self._morph is not None and self._morph.noise_to is not None
+
+    @property
+    def morphing_conditioning(self) -> bool:
+        return self._morph is not None and self._morph.pos_to is not None
+
+    # ------------------------------------------------------------------ live setters: knobs
+    def set_guidance_scale(self, guidance_scale: float) -> None:
+        self.guidance_scale = _check_float("guidance_scale", guidance_scale)
+        self._g.fill_(self.guidance_scale)
+
+    def set_delta(self, delta: float) -> None:
+        self.delta = _check_float("delta", delta)
+        self._delta.fill_(self.delta)
+
+    def set_smoothing(self, smoothing: float) -> None:
+        """Temporal smoothing in [0, 0.95]; applies from the next output on, from the real last one."""
+        self.smoothing = _check_smoothing(smoothing)
+        self._smoothing.fill_(self.smoothing)
 
     def set_t_index_list(self, t_index_list: Sequence[int]) -> None:
         lst = check_t_index_list(t_index_list)
@@ -296,31 +445,37 @@ class StreamPipeline:
         """Forget the buffer: the next call primes it again from its input."""
         self._primed = False
         self._last_output = None
-        self._smooth_prev = None
+        self._has_smooth_prev = False
+        self._wrap.zero_()
         self.filter.reset()
 
     # ------------------------------------------------------------------ internals
+    def _make_scalar_table(self) -> dict[str, torch.Tensor]:
+        """a, b, c_skip, c_out, a/b and the timestep for every index of the 50-step list, made
+        once (on the CPU in float64, from the scheduler) and kept on the device."""
+        sc = step_scalars(self.scheduler, range(NUM_INFERENCE_STEPS))
+        alpha = sc.alpha.to(self.device, self.dtype)
+        beta = sc.beta.to(self.device, self.dtype)
+        return {
+            "t": sc.timesteps.to(self.device),
+            "alpha": alpha,
+            "beta": beta,
+            "c_skip": sc.c_skip.to(self.device, self.dtype),
+            "c_out": sc.c_out.to(self.device, self.dtype),
+            "ratio": alpha / beta,  # a_{i+1} / b_{i+1}: the stock-noise carry into a stage
+        }
+
     def _set_scalars(self, t_index_list: Sequence[int]) -> None:
-        sc = step_scalars(self.scheduler, t_index_list)
-        f = self.f
+        """Gather the rows for ``t_index_list`` from the device table into the static rows."""
+        f, tab = self.f, self._scalar_table
 
-        def rows(v: torch.Tensor) -> torch.Tensor:
-            return v.repeat_interleave(f).view(-1, 1, 1, 1).to(self.device, self.dtype)
+        def rows(name: str) -> torch.Tensor:
+            return torch.stack([tab[name][k] for k in t_index_list]).repeat_interleave(f)
 
-        self._t_rows = sc.timesteps.repeat_interleave(f).to(self.device)
-        self._alpha = rows(sc.alpha)
-        self._beta = rows(sc.beta)
-        self._c_skip = rows(sc.c_skip)
-        self._c_out = rows(sc.c_out)
-        # ratio a_{i+1} / b_{i+1} for the stock-noise carry (rows of stages 1..n-1)
-        self._carry = (rows(sc.alpha) / rows(sc.beta))[f:]
-        if self.cfg_type == "full":
-            self._t_unet = torch.cat([self._t_rows, self._t_rows])
-        elif self.cfg_type == "initialize":
-            self._t_unet = torch.cat([self._t_rows[:f], self._t_rows])
-        else:
-            self._t_unet = self._t_rows
-        self._t_unet = self._t_unet.contiguous()
+        self._t_rows.copy_(rows("t"))
+        for name, buf in (("alpha", self._alpha), ("beta", self._beta), ("c_skip", self._c_skip),
+                          ("c_out", self._c_out), ("ratio", self._ratio)):
+            buf.view(-1).copy_(rows(name))
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         expected = (self.f, 3, self.settings.height, self.settings.width)
@@ -329,83 +484,97 @@ class StreamPipeline:
             raise ValueError(f"images should be shaped {expected} but are {got}")
         return images.to(self.device, self.dtype)
 
-    def _step(self, x0_new: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ the step maths (one implementation)
+    def _stage_step(
+        self, x: torch.Tensor, stock: torch.Tensor, rows: slice, uncond: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One guided LCM step for the stream rows ``rows`` (stage-major: row ``i*f + j`` is stage
+        ``i`` of frame ``j``) holding latents ``x``. The U-Net also predicts the negative text for
+        the first ``uncond`` rows (all rows in ``full``; stage 0 in ``initialize``).
+
+        ``stock`` is those rows' residual noise S (``self``/``initialize``); in ``initialize`` its
+        first ``uncond`` rows are replaced by the negative prediction. Returns the x0 estimates and
+        the residual noise's step Delta (None when the mode has no residual noise)."""
+        cfg = self.cfg_type
+        t = self._t_rows[rows]
+        u0 = self._uncond_rows
+        text = self._text_batch[u0 - uncond : u0 + rows.stop - rows.start]
+        if uncond:
+            eps = self.runner.unet(torch.cat([x[:uncond], x]), torch.cat([t[:uncond], t]), text)
+            eu, ec = eps[:uncond], eps[uncond:]
+        else:
+            eu, ec = None, self.runner.unet(x, t, text)
+        if cfg == "full":
+            e = eu + self._g * (ec - eu)
+        elif cfg in ("self", "initialize"):
+            if eu is not None:
+                stock[:uncond].copy_(eu)
+            s = self._delta * stock
+            e = s + self._g * (ec - s)
+        else:
+            e = ec
+        a, b, c_skip, c_out = self._alpha[rows], self._beta[rows], self._c_skip[rows], self._c_out[rows]
+        x0_hat = c_out * (x - b * e) / a + c_skip * x
+        if cfg not in ("self", "initialize"):
+            return x0_hat, None
+        bs = b * stock
+        return x0_hat, c_out * (bs - b * e) / a + c_skip * bs
+
+    def _next_stage(
+        self, x0_hat: torch.Tensor, delta: torch.Tensor | None, rows: slice
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents (and residual noise) for the stream rows ``rows`` one stage on:
+        x = a * x0_hat (+ b * N), S = (a / b) * Delta (+ N)."""
+        x = self._alpha[rows] * x0_hat
+        stock = None if delta is None else self._ratio[rows] * delta
+        if self.add_noise:
+            noise = self._noise_rows[rows]
+            x = x + self._beta[rows] * noise
+            if stock is not None:
+                stock = stock + noise
+        return x, stock
+
+    def _stage0_stock(self, stock: torch.Tensor) -> None:
+        """``self`` guidance: a new frame's residual noise is its noise N[0]. With one step it
+        also carries the previous call's step (the reference's ``stock_noise = init_noise +
+        delta_x``, with a_next = b_next = 1 for the last row)."""
+        f = self.f
+        if self.n == 1:
+            torch.add(self._noise_rows[:f], self._wrap, out=stock[:f])
+        else:
+            stock[:f].copy_(self._noise_rows[:f])
+
+    def _stream_step(self, x0_new: torch.Tensor) -> torch.Tensor:
         """One stream call given the new stage-0 latents; returns the last stage's x0 estimates."""
         f, n = self.f, self.n
         x = torch.cat([x0_new, self._x_buffer]) if n > 1 else x0_new
-        uses_stock = self.cfg_type in ("self", "initialize")
-
-        if self.cfg_type == "full":
-            eps = self.runner.unet(torch.cat([x, x]), self._t_unet, self._text_batch)
-            eu, ec = eps.chunk(2)
-            e = eu + self.guidance_scale * (ec - eu)
-        elif self.cfg_type == "initialize":
-            eps = self.runner.unet(torch.cat([x0_new, x]), self._t_unet, self._text_batch)
-            self._stock[:f] = eps[:f]
-            ec = eps[f:]
-            s = self.delta * self._stock
-            e = s + self.guidance_scale * (ec - s)
-        else:
-            ec = self.runner.unet(x, self._t_unet, self._text_batch)
-            if self.cfg_type == "self":
-                self._stock[:f] = self._noise_rows[:f]
-                s = self.delta * self._stock
-                e = s + self.guidance_scale * (ec - s)
-            else:
-                e = ec
-
-        a, b = self._alpha, self._beta
-        x0_hat = self._c_out * (x - b * e) / a + self._c_skip * x
-
+        if self.cfg_type == "self":
+            self._stage0_stock(self._stock)
+        x0_hat, delta = self._stage_step(x, self._stock, slice(0, n * f), self._uncond_rows)
         if n > 1:
-            nxt = self._alpha[f:] * x0_hat[:-f]
-            if self.add_noise:
-                nxt = nxt + self._beta[f:] * self._noise_rows[f:]
-            self._x_buffer = nxt
-            if uses_stock:
-                bs = b * self._stock
-                delta_x = self._c_out * (bs - b * e) / a + self._c_skip * bs
-                carried = self._carry * delta_x[:-f]
-                if self.add_noise:
-                    carried = carried + self._noise_rows[f:]
-                self._stock = torch.cat([self._stock[:f], carried])
+            nxt, stock = self._next_stage(x0_hat[:-f], None if delta is None else delta[:-f], slice(f, n * f))
+            self._x_buffer.copy_(nxt)
+            if stock is not None:
+                self._stock[f:].copy_(stock)
+        elif self.cfg_type == "self":
+            self._wrap.copy_(delta)
         return x0_hat[(n - 1) * f :]
 
     def _sequential(self, x: torch.Tensor) -> torch.Tensor:
         """All n steps for the new frames now, one U-Net call per step (no buffer, no latency)."""
         f, n = self.f, self.n
-        pos = self._pos.expand(f, -1, -1)
-        neg = self._neg.expand(f, -1, -1) if self._neg is not None else None
-        stock = self._noise_rows[:f]
-        x0_hat = x
+        if n == 1:
+            return self._stream_step(x)  # one step: the stream call is the sequential call
+        stock = self._stock[:f]
+        if self.cfg_type == "self":
+            self._stage0_stock(stock)
         for i in range(n):
-            rows = slice(i * f, (i + 1) * f)
-            a, b = self._alpha[rows], self._beta[rows]
-            t = self._t_rows[rows]
-            if self.cfg_type == "full" or (self.cfg_type == "initialize" and i == 0):
-                eps = self.runner.unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([neg, pos]))
-                eu, ec = eps.chunk(2)
-                if self.cfg_type == "initialize":
-                    stock = eu
-            else:
-                ec = self.runner.unet(x, t, pos)
-            if self.cfg_type == "full":
-                e = eu + self.guidance_scale * (ec - eu)
-            elif self.cfg_type in ("self", "initialize"):
-                s = self.delta * stock
-                e = s + self.guidance_scale * (ec - s)
-            else:
-                e = ec
-            x0_hat = self._c_out[rows] * (x - b * e) / a + self._c_skip[rows] * x
+            uncond = f if self.cfg_type == "full" or (self.cfg_type == "initialize" and i == 0) else 0
+            x0_hat, delta = self._stage_step(x, stock, slice(i * f, (i + 1) * f), uncond)
             if i < n - 1:
-                nxt_rows = slice((i + 1) * f, (i + 2) * f)
-                bs = b * stock
-                dx = self._c_out[rows] * (bs - b * e) / a + self._c_skip[rows] * bs
-                stock = (self._alpha[nxt_rows] / self._beta[nxt_rows]) * dx
-                x = self._alpha[nxt_rows] * x0_hat
-                if self.add_noise:
-                    stock = stock + self._noise_rows[nxt_rows]
-                    x = x + self._beta[nxt_rows] * self._noise_rows[nxt_rows]
+                x, nxt_stock = self._next_stage(x0_hat, delta, slice((i + 1) * f, (i + 2) * f))
+                if nxt_stock is not None:
+                    stock.copy_(nxt_stock)
         return x0_hat
 
     def _initial_latents(self, z: torch.Tensor | None) -> torch.Tensor:
@@ -415,6 +584,22 @@ class StreamPipeline:
         return self._alpha[:f] * z + self._beta[:f] * self._noise_rows[:f]
 
     # ------------------------------------------------------------------ calls
+    def denoise(self, z: torch.Tensor | None) -> torch.Tensor:
+        """The step maths of one call: encoded latents ``z`` (``(f, C, h, w)``, or ``None`` for
+        txt2img) in, output latents (smoothed) out; primes the stream on its first call."""
+        x0 = self._initial_latents(z)
+        if not self.settings.denoising_batch:
+            out_latents = self._sequential(x0)
+        else:
+            if not self._primed:
+                # Prime: the first frames pass through every stage before the first output, so
+                # the first outputs are their real result. Same static batch as every later call.
+                for _ in range(self.n - 1):
+                    self._stream_step(x0)
+            out_latents = self._stream_step(x0)
+        self._primed = True
+        return self._smooth(out_latents)
+
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor | None = None) -> torch.Tensor:
         self.last_skipped = False
@@ -429,37 +614,28 @@ class StreamPipeline:
             z = self.runner.encode(images)
         else:
             z = None
-        x0 = self._initial_latents(z)
-        if not self.settings.denoising_batch:
-            out_latents = self._sequential(x0)
-        else:
-            if not self._primed:
-                # Prime: the first frames pass through every stage before the first output, so
-                # the first outputs are their real result. Same static batch as every later call.
-                for _ in range(self.n - 1):
-                    self._step(x0)
-            out_latents = self._step(x0)
-        self._primed = True
+        out_latents = self.denoise(z)
         self.calls += 1
-        out_latents = self._smooth(out_latents)
         out = self.runner.decode(out_latents).clamp(-1.0, 1.0)
         self._last_output = out
         return out
 
     def _smooth(self, latents: torch.Tensor) -> torch.Tensor:
         """Exponential moving average over output latents, frame by frame (rows of one call in
-        order). The previous latent is always kept, so turning smoothing on never blends in a
-        stale frame."""
-        prev = self._smooth_prev
-        if self.smoothing > 0.0:
-            rows = []
-            for j in range(latents.shape[0]):
-                row = latents[j : j + 1]
-                prev = row if prev is None else torch.lerp(row, prev, self.smoothing)
-                rows.append(prev)
-            latents = torch.cat(rows)
-        self._smooth_prev = latents[-1:].clone()
-        return latents
+        order): row <- row + s * (previous - row). The previous latent is always kept (in a static
+        buffer), so turning smoothing on never blends in a stale frame; at s = 0 rows pass exactly."""
+        prev = self._smooth_prev if self._has_smooth_prev else None
+        rows = []
+        for j in range(latents.shape[0]):
+            row = latents[j : j + 1]
+            if prev is not None:
+                row = row + self._smoothing * (prev - row)
+            rows.append(row)
+            prev = row
+        out = torch.cat(rows) if len(rows) > 1 else rows[0]
+        self._smooth_prev.copy_(out[-1:])
+        self._has_smooth_prev = True
+        return out
 
     def txt2img(self) -> torch.Tensor:
         return self(None)

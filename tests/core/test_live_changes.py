@@ -148,5 +148,5 @@ def test_strength_mapping_monotonic_and_valid():
                 assert all(x <= y for x, y in zip(lst, prev, strict=True))  # higher strength, lower indices
             prev = lst
     assert strength_to_t_index_list(1.0, 1) == (0,)
-    assert strength_to_t_index_list(0.0, 2) == (48, 49)
-    assert strength_to_t_index_list(0.35, 2) == (31, 49)
+    assert strength_to_t_index_list(0.0, 2) == (44, 45)
+    assert strength_to_t_index_list(0.35, 2) == (29, 45)

@@ -28,8 +28,14 @@ def frames(count: int, f: int, seed: int = 7) -> list[torch.Tensor]:
     return out
 
 
-def sequential_frame(runner, scheduler, image, t_list, cfg, g, delta, noise, pos, neg, add_noise):
-    """One frame through all steps, from the formulas, with no stream buffer at all."""
+def sequential_frame(runner, scheduler, image, t_list, cfg, g, delta, noise, pos, neg, add_noise, carry=None,
+                     with_delta=False):
+    """One frame through all steps, from the formulas, with no stream buffer at all.
+
+    ``carry``: with one step and ``self`` guidance the residual noise's step of the previous
+    frame (Delta) is carried into this frame's residual noise, S = N[0] + Delta, as the reference
+    does (its ``stock_noise = init_noise + delta_x`` with a_next = b_next = 1 for the last row).
+    ``with_delta`` also returns this frame's last Delta."""
     sc = step_scalars(scheduler, t_list)
     a = sc.alpha.float()
     b = sc.beta.float()
@@ -38,7 +44,7 @@ def sequential_frame(runner, scheduler, image, t_list, cfg, g, delta, noise, pos
     n = len(t_list)
     z = runner.encode(image)
     x = a[0] * z + b[0] * noise[0:1]
-    stock = noise[0:1].clone()
+    stock = noise[0:1].clone() if carry is None else noise[0:1] + carry
     if cfg == "initialize":
         stock = runner.unet(x, sc.timesteps[0:1], neg)
     x0h = None
@@ -53,12 +59,13 @@ def sequential_frame(runner, scheduler, image, t_list, cfg, g, delta, noise, pos
         else:
             e = delta * stock + g * (ec - delta * stock)
         x0h = co[i] * (x - b[i] * e) / a[i] + cs[i] * x
+        bs = b[i] * stock
+        dx = co[i] * (bs - b[i] * e) / a[i] + cs[i] * bs
         if i < n - 1:
-            bs = b[i] * stock
-            dx = co[i] * (bs - b[i] * e) / a[i] + cs[i] * bs
             stock = (a[i + 1] / b[i + 1]) * dx + (noise[i + 1 : i + 2] if add_noise else 0)
             x = a[i + 1] * x0h + (b[i + 1] * noise[i + 1 : i + 2] if add_noise else 0)
-    return runner.decode(x0h).clamp(-1, 1)
+    out = runner.decode(x0h).clamp(-1, 1)
+    return (out, dx) if with_delta else out
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +96,16 @@ def test_stream_equals_sequential(tiny_components, encoded, cfg, n, f, add_noise
     assert pipe.unet_batch == expected_batch
     noise = make_noise(11, n, 4, SIZE // 8, SIZE // 8)
     seq_runner = TorchRunner(tiny_components.unet, tiny_components.vae)
+    carries = [None] * f  # one step, self guidance: each frame slot carries its residual step
     for k, out in enumerate(outputs):
         src = max(0, k - (n - 1))  # latency n-1; before that, primed with frame 0
         for j in range(f):
-            ref = sequential_frame(
+            ref, dx = sequential_frame(
                 seq_runner, tiny_components.scheduler, inputs[src][j : j + 1], t_list, cfg, 1.6, 0.8,
-                noise, pos, neg, add_noise,
+                noise, pos, neg, add_noise, carry=carries[j], with_delta=True,
             )
+            if n == 1 and cfg == "self":
+                carries[j] = dx
             torch.testing.assert_close(out[j : j + 1], ref, atol=2e-4, rtol=0)
 
 

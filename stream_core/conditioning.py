@@ -1,0 +1,124 @@
+"""The pipeline's noise and text conditioning: per-seed noise, validated embeddings, blends, morphs.
+
+Everything here makes its tensors on one device and dtype given at construction (the pipeline's),
+so a blend or a morph can never mix a GPU tensor with a CPU one. Used by
+:class:`stream_core.pipeline.StreamPipeline`; callers outside ``stream_core`` speak in seeds, mixes,
+embedding handles (whatever the prompt encoder returned, passed back unchanged) and morph progress.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from stream_core.blend import slerp
+
+
+class SeedNoise:
+    """Per-seed stream noise, drawn once on the CPU generator (the reproducibility contract of
+    ``make``), moved to ``device``/``dtype`` once at creation; the device copy is what is cached
+    (the ``capacity`` most recently used seeds)."""
+
+    def __init__(
+        self,
+        make: Callable[[int], torch.Tensor],
+        device: torch.device,
+        dtype: torch.dtype,
+        capacity: int = 4,
+    ) -> None:
+        self._make = make
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.capacity = max(1, int(capacity))
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.draws = 0  # how many times noise was drawn (a cache miss)
+
+    def get(self, seed: int) -> torch.Tensor:
+        noise = self._cache.get(seed)
+        if noise is None:
+            noise = self._make(seed).to(self.device, self.dtype)
+            self.draws += 1
+            if len(self._cache) >= self.capacity:
+                self._cache.popitem(last=False)
+            self._cache[seed] = noise
+        else:
+            self._cache.move_to_end(seed)
+        return noise
+
+    def mix(self, seed: int, seed_b: int, mix: float) -> torch.Tensor:
+        """Seed's noise, seed B's, or their slerp at ``mix`` (kept unit-variance)."""
+        mix = check_mix("seed_mix", mix)
+        if mix <= 0.0 or seed == seed_b:
+            return self.get(seed)
+        if mix >= 1.0:
+            return self.get(seed_b)
+        return slerp(self.get(seed), self.get(seed_b), mix)
+
+
+def check_mix(name: str, mix: object) -> float:
+    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not math.isfinite(mix):
+        raise ValueError(f"{name} should be a number in [0, 1] but is {mix!r}")
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"{name} should be in [0, 1] but is {mix!r}")
+    return float(mix)
+
+
+class EmbedStore:
+    """Validated device copies of text embeddings, keyed by the identity of the tensor handed in.
+
+    The prompt cache hands the same tensor object for the same text, so a text's embedding is
+    checked (shape, finiteness: one host synchronisation) and moved once, however often it is
+    used afterwards. The store holds the originals it has seen (at most ``capacity``), so an id
+    is never reused while it is a key.
+    """
+
+    def __init__(self, check: Callable[[torch.Tensor, str], torch.Tensor], capacity: int = 16) -> None:
+        self._check = check
+        self.capacity = max(1, int(capacity))
+        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.checks = 0
+
+    def get(self, e: torch.Tensor, name: str) -> torch.Tensor:
+        hit = self._cache.get(id(e))
+        if hit is not None and hit[0] is e:
+            self._cache.move_to_end(id(e))
+            return hit[1]
+        dev = self._check(e, name)
+        self.checks += 1
+        if len(self._cache) >= self.capacity:
+            self._cache.popitem(last=False)
+        self._cache[id(e)] = (e, dev)
+        return dev
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+@dataclass
+class Morph:
+    """Start and end of a transition, all on the pipeline's device and dtype. A part whose end is
+    ``None`` does not move (it was not asked for, or was dropped because the user took it over)."""
+
+    noise_from: torch.Tensor
+    noise_to: torch.Tensor | None
+    pos_from: torch.Tensor
+    pos_to: torch.Tensor | None
+    neg_from: torch.Tensor | None
+    neg_to: torch.Tensor | None
+
+    def noise_at(self, u: float) -> torch.Tensor | None:
+        if self.noise_to is None:
+            return None
+        return slerp(self.noise_from, self.noise_to, u)
+
+    def embeds_at(self, u: float) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if self.pos_to is None:
+            return None
+        neg = None
+        if self.neg_from is not None and self.neg_to is not None:
+            neg = slerp(self.neg_from, self.neg_to, u)
+        return slerp(self.pos_from, self.pos_to, u), neg
