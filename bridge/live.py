@@ -17,13 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from bridge.control.surface import DumpState, RecallPreset, SavePreset, SetParams, StepPreset
 from bridge.params import PARAMS, default_values
 from bridge.presets import ColdSettings, Preset, PresetStore
 from bridge.prompt_cache import PromptCache
-from stream_core.blend import slerp
 from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
 
 log = logging.getLogger("streambridge.live")
@@ -31,23 +28,27 @@ log = logging.getLogger("streambridge.live")
 PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
 MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
 NOISE_KEYS = ("seed", "seed_b", "seed_mix")  # together they make the stream's noise
+FAILURE_LOG_INTERVAL_S = 5.0
 
 
 @dataclass
 class _Morph:
+    """A running transition: float knobs move here, noise and conditioning in the pipeline
+    (``StreamPipeline.begin_morph``/``advance_morph``), all driven by the same progress."""
+
     t0: float
     duration: float
     preset: str
+    origin: str  # the address that asked for it (errors are reported there)
     start: dict[str, Any]  # float params at the start
     target: dict[str, Any]  # float params at the end
-    pos_from: torch.Tensor | None
-    pos_to: torch.Tensor | None
-    neg_from: torch.Tensor | None
-    neg_to: torch.Tensor | None
-    noise_from: torch.Tensor | None
-    noise_to: torch.Tensor | None
     target_noise: dict[str, Any] | None  # seed, seed_b, seed_mix the noise morph ends on
     target_texts: dict[str, str]  # the prompt fields the morph ends on
+    conditioning: bool  # the embeddings morph (False once the user takes a prompt field over)
+
+    @property
+    def noise(self) -> bool:
+        return self.target_noise is not None
 
 
 class LiveController:
@@ -89,7 +90,8 @@ class LiveController:
         self._conditioning_dirty = True
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
         self.applied_batches = 0
-        self._noise_cache: dict[int, torch.Tensor] = {}
+        self._last_failure_log = float("-inf")  # control-tick failures are logged at most every few seconds
+        self._failures_unlogged = 0
         # noise follows seed/seed_b/seed_mix once per tick (a fader may send several per frame)
         self._noise_dirty = self.values["seed_mix"] > 0
 
@@ -135,9 +137,9 @@ class LiveController:
                 self._start_recall(name, preset, now, origin)
         if self._morph is not None:
             self._advance_morph(now)
-        if self._conditioning_dirty and (self._morph is None or self._morph.pos_to is None):
+        if self._conditioning_dirty and (self._morph is None or not self._morph.conditioning):
             self._update_conditioning()
-        if self._noise_dirty and (self._morph is None or self._morph.noise_to is None):
+        if self._noise_dirty and (self._morph is None or not self._morph.noise):
             self._update_noise()
 
     # ------------------------------------------------------------------ commands
@@ -223,36 +225,72 @@ class LiveController:
         self._start_recall(name, preset, now, origin)
 
     def _start_recall(self, name: str, preset: Preset, now: float, origin: str) -> None:
+        try:
+            self._start_recall_unguarded(name, preset, now, origin)
+        except Exception as exc:  # refused by the pipeline, or a bug: end it, report once
+            self._control_failed(origin, f"preset {name!r} recall failed: {exc}", exc)
+
+    def _start_recall_unguarded(self, name: str, preset: Preset, now: float, origin: str) -> None:
         hot = preset.hot_values()
         target = dict(self.values)
         target.update(hot)
         duration = float(hot.get("transition", self.values["transition"]))
-        self.current_preset = name
-        self._status("preset", name)
         if duration <= 0:
-            self._morph = None
+            self.current_preset = name
+            self._status("preset", name)
+            self._end_morph()
             changed = {k: v for k, v in target.items() if self.values.get(k) != v}
             self._set_params(changed)
             self._update_conditioning()
             log.info("preset %s recalled (cut)", name)
             return
-        # morph: float knobs, embeddings and noise move frame by frame; the rest cuts now
-        start_pos, start_neg = self._current_embeds()
+        # morph: float knobs, embeddings and noise move frame by frame; the rest cuts now. The
+        # pipeline makes both ends of the noise and embeddings first (it refuses before anything
+        # changes); the controller only passes seeds, mixes and the cache's embedding handles.
+        noise_changes = any(target[k] != self.values[k] for k in NOISE_KEYS)
+        conditioning = self._conditioning_for(target)
+        self._end_morph()
+        self.pipeline.begin_morph(
+            seeds=(int(target["seed"]), int(target["seed_b"]), float(target["seed_mix"])) if noise_changes else None,
+            conditioning=conditioning,
+        )
+        self.current_preset = name
+        self._status("preset", name)
         cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k not in NOISE_KEYS}
         self._set_params({k: v for k, v in cut.items() if self.values.get(k) != v})
-        end_pos, end_neg = self._embeds_for(target)
-        noise_changes = any(target[k] != self.values[k] for k in NOISE_KEYS)
         self._morph = _Morph(
-            t0=now, duration=duration, preset=name,
+            t0=now, duration=duration, preset=name, origin=origin,
             start={k: float(self.values[k]) for k in MORPH_FLOATS},
             target={k: float(target[k]) for k in MORPH_FLOATS},
-            pos_from=start_pos, pos_to=end_pos, neg_from=start_neg, neg_to=end_neg,
-            noise_from=self.pipeline.noise.clone(),
-            noise_to=self._noise_for(target) if noise_changes else None,
             target_noise={k: target[k] for k in NOISE_KEYS} if noise_changes else None,
             target_texts={k: target[k] for k in PROMPT_KEYS},
+            conditioning=conditioning is not None,
         )
         log.info("preset %s: morphing over %.2f s", name, duration)
+
+    def _end_morph(self) -> None:
+        self._morph = None
+        self.pipeline.end_morph()
+
+    def _control_failed(self, address: str, reason: str, exc: BaseException, end_morph: bool = True) -> None:
+        """A control step failed: end the morph it belongs to (so it is not retried every frame),
+        report it once to the sender, log one line (at most every few seconds; the traceback only
+        at DEBUG)."""
+        if end_morph:
+            try:
+                self._end_morph()
+            except Exception:  # never let the clean-up hide the report
+                log.debug("ending the morph failed", exc_info=True)
+        self._error(address, reason)
+        now = self._clock()
+        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
+            more = f" ({self._failures_unlogged} more since the last report)" if self._failures_unlogged else ""
+            log.error("%s: %s%s", address, reason, more)
+            log.debug("control failure", exc_info=exc)
+            self._last_failure_log = now
+            self._failures_unlogged = 0
+        else:
+            self._failures_unlogged += 1
 
     def _morph_drop(self, name: str) -> None:
         m = self._morph
@@ -262,25 +300,25 @@ class LiveController:
             m.start.pop(name, None)
             m.target.pop(name, None)
         elif name in PROMPT_KEYS:
-            m.pos_to = m.neg_to = None
+            m.conditioning = False
+            self.pipeline.drop_morph_conditioning()
         elif name in NOISE_KEYS:
-            m.noise_to = None
             m.target_noise = None
+            self.pipeline.drop_morph_noise()
 
     def _advance_morph(self, now: float) -> None:
         m = self._morph
         assert m is not None
-        u = min(1.0, max(0.0, (now - m.t0) / m.duration))
-        for k in m.target:
-            v = m.start[k] + (m.target[k] - m.start[k]) * u
-            self._apply_float(k, v)
-        if m.pos_from is not None and m.pos_to is not None:
-            neg = slerp(m.neg_from, m.neg_to, u) if m.neg_from is not None and m.neg_to is not None else None
-            self.pipeline.set_prompt_embeds(slerp(m.pos_from, m.pos_to, u), neg)
-        if m.noise_to is not None:
-            self.pipeline.set_noise(slerp(m.noise_from.float(), m.noise_to.float(), u))
-        if u >= 1.0:
-            self._finish_morph()
+        try:
+            u = min(1.0, max(0.0, (now - m.t0) / m.duration))
+            for k in m.target:
+                v = m.start[k] + (m.target[k] - m.start[k]) * u
+                self._apply_float(k, v)
+            self.pipeline.advance_morph(u)
+            if u >= 1.0:
+                self._finish_morph()
+        except Exception as exc:  # ends the morph: one report, never a failure per frame
+            self._control_failed(m.origin, f"preset {m.preset!r} transition failed: {exc}", exc)
 
     def _apply_float(self, name: str, v: float) -> None:
         if name == "strength":
@@ -291,14 +329,14 @@ class LiveController:
             self.pipeline.set_delta(v)
         elif name == "smoothing":
             self.pipeline.set_smoothing(min(MAX_SMOOTHING, max(0.0, v)))
-        # prompt_mix is folded into the embedding slerp
+        # prompt_mix is folded into the embeddings' morph
 
     def _finish_morph(self) -> None:
         m = self._morph
         assert m is not None
-        self._morph = None
+        self._end_morph()
         final: dict[str, Any] = {k: m.target[k] for k in m.target}
-        if m.pos_to is not None:
+        if m.conditioning:
             final.update(m.target_texts)
         if m.target_noise is not None:
             final.update(m.target_noise)
@@ -308,61 +346,43 @@ class LiveController:
         log.info("preset %s: morph done", m.preset)
 
     # ------------------------------------------------------------------ noise
-    def _seed_noise(self, seed: int) -> torch.Tensor:
-        noise = self._noise_cache.get(seed)
-        if noise is None:
-            if len(self._noise_cache) >= 4:
-                self._noise_cache.pop(next(iter(self._noise_cache)))
-            noise = self._noise_cache[seed] = self.pipeline.noise_for_seed(seed)
-        return noise
-
-    def _noise_for(self, v: dict[str, Any]) -> torch.Tensor:
-        """The stream noise for ``v``: seed's, seed B's, or their slerp at ``seed_mix``."""
-        mix = float(v["seed_mix"])
-        if mix <= 0.0:
-            return self._seed_noise(int(v["seed"]))
-        if mix >= 1.0:
-            return self._seed_noise(int(v["seed_b"]))
-        a, b = self._seed_noise(int(v["seed"])), self._seed_noise(int(v["seed_b"]))
-        return slerp(a.float(), b.float(), mix).to(a.dtype)
-
     def _update_noise(self) -> None:
+        """seed, seed B and the seed crossfader -> the stream noise (made by the pipeline)."""
         self._noise_dirty = False
         v = self.values
-        self.pipeline.set_seed(int(v["seed"]))  # keeps pipeline.seed; the exact noise at mix 0
-        if float(v["seed_mix"]) > 0.0:
-            self.pipeline.set_noise(self._noise_for(v))
+        try:
+            self.pipeline.set_seed_mix(int(v["seed"]), int(v["seed_b"]), float(v["seed_mix"]))
+        except Exception as exc:
+            self._control_failed("/sd/seed", f"cannot set the noise: {exc}", exc, end_morph=False)
 
     # ------------------------------------------------------------------ conditioning
-    def _embeds_for(self, v: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Cached conditioning for the prompt fields in ``v`` (None where not encoded yet)."""
-        a_text = v["prompt_a"] or v["prompt"]
-        b_text = v["prompt_b"]
-        a = self.cache.get(a_text)
-        pos = a
-        if b_text:
-            b = self.cache.get(b_text)
-            if a is not None and b is not None:
-                pos = slerp(a, b, float(v["prompt_mix"]))
-            else:
-                pos = None
-        neg = self.cache.get(v["negative_prompt"])
-        return pos, neg
-
-    def _current_embeds(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.pipeline.prompt_embeds, self.pipeline.negative_prompt_embeds
+    def _conditioning_for(self, v: dict[str, Any]) -> tuple[Any, Any, float, Any] | None:
+        """The cached embedding handles for the prompt fields in ``v``: (prompt A, prompt B or
+        None, prompt mix, negative or None); None while prompt A or B is not encoded yet."""
+        a = self.cache.get(v["prompt_a"] or v["prompt"])
+        if a is None:
+            return None
+        b = None
+        if v["prompt_b"]:
+            b = self.cache.get(v["prompt_b"])
+            if b is None:
+                return None
+        return a, b, float(v["prompt_mix"]), self.cache.get(v["negative_prompt"])
 
     def _update_conditioning(self) -> None:
         """Apply the embeddings for the current texts if they are all encoded; else keep the old
         ones (the encoder thread will wake us when it is done)."""
-        pos, neg = self._embeds_for(self.values)
-        if pos is None:
+        handles = self._conditioning_for(self.values)
+        if handles is None:
             return
         needs_neg = self.pipeline.cfg_type in ("full", "initialize")
-        if neg is None and needs_neg:
+        if handles[3] is None and needs_neg:
             return
-        self.pipeline.set_prompt_embeds(pos, neg)
         self._conditioning_dirty = False
+        try:
+            self.pipeline.set_conditioning(*handles)
+        except Exception as exc:
+            self._control_failed("/sd/prompt", f"cannot use the prompt: {exc}", exc, end_morph=False)
 
     # ------------------------------------------------------------------ presets
     def _presets_changed(self, changed: dict[str, Preset], removed: list[str], errors: dict[str, str]) -> None:
