@@ -279,6 +279,7 @@ class LiveController:
         if end_morph:
             try:
                 self._end_morph()
+                self._resync()
             except Exception:  # never let the clean-up hide the report
                 log.debug("ending the morph failed", exc_info=True)
         self._error(address, reason)
@@ -291,6 +292,16 @@ class LiveController:
             self._failures_unlogged = 0
         else:
             self._failures_unlogged += 1
+
+    def _resync(self) -> None:
+        """After a transition was cut short: put the pipeline back on the live values (what the
+        feedback last reported); noise and conditioning follow on this tick."""
+        self._noise_dirty = self._conditioning_dirty = True
+        for k in MORPH_FLOATS:
+            try:
+                self._apply_float(k, float(self.values[k]))
+            except Exception:
+                log.debug("cannot restore %s", k, exc_info=True)
 
     def _morph_drop(self, name: str) -> None:
         m = self._morph

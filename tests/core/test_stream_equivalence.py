@@ -159,3 +159,29 @@ def test_sequential_mode_has_no_latency_and_same_result(tiny_components, encoded
         ref = sequential_frame(runner.inner, tiny_components.scheduler, x, t_list, cfg, 1.6, 0.8, noise, pos, neg, add_noise)
         torch.testing.assert_close(pipe(x), ref, atol=2e-4, rtol=0)
     assert len(runner.unet_batches) == 2 * 3  # n calls per frame
+
+
+@pytest.mark.parametrize("denoising_batch", [True, False])
+def test_one_step_self_guidance_carries_the_residual_noise_like_the_reference(tiny_components, encoded, denoising_batch):
+    """With one step the reference carries its residual noise from call to call
+    (stock = N[0] + Delta of the previous call); reset() starts again from N[0]."""
+    pos, neg = encoded
+    runner = TorchRunner(tiny_components.unet, tiny_components.vae)
+    s = StreamSettings(width=SIZE, height=SIZE, t_index_list=(35,), cfg_type="self", guidance_scale=1.8,
+                       delta=1.0, seed=6, denoising_batch=denoising_batch)
+    pipe = StreamPipeline(runner, tiny_components.scheduler, s, pos, neg)
+    noise = make_noise(6, 1, 4, SIZE // 8, SIZE // 8)
+    clip = frames(3, 1)
+    carry = None
+    for x in clip:
+        ref, carry_next = sequential_frame(runner, tiny_components.scheduler, x, (35,), "self", 1.8, 1.0, noise, pos,
+                                           neg, True, carry=carry, with_delta=True)
+        fresh = sequential_frame(runner, tiny_components.scheduler, x, (35,), "self", 1.8, 1.0, noise, pos, neg, True)
+        out = pipe(x)
+        torch.testing.assert_close(out, ref, atol=2e-4, rtol=0)
+        if carry is not None:
+            assert not torch.allclose(out, fresh, atol=1e-3)  # the carry changes the picture
+        carry = carry_next
+    pipe.reset()
+    torch.testing.assert_close(pipe(clip[0]), sequential_frame(
+        runner, tiny_components.scheduler, clip[0], (35,), "self", 1.8, 1.0, noise, pos, neg, True), atol=2e-4, rtol=0)
