@@ -133,3 +133,12 @@ def test_static_buffers_are_updated_in_place():
         pipe(frame(2))
     for n in names:
         assert getattr(pipe, n) is before[n], f"{n} was re-bound"
+
+
+def test_slerp_refuses_tensors_on_two_devices():
+    """The mix-up that crashed every preset recall on CUDA (device noise vs CPU noise) is named."""
+    from stream_core.blend import slerp
+
+    on_device = torch.empty((2, 4, 8, 8), device="meta", dtype=torch.float16)
+    with pytest.raises(ValueError, match="one device"):
+        slerp(on_device, make_noise(1, 2, 4, 8, 8), 0.5)
