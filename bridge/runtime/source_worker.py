@@ -42,7 +42,8 @@ class SourceWorker:
     ``make_source`` is called (on the worker thread) for the first connection and again for every
     reconnection, so each attempt gets a fresh backend object. ``clock`` and ``sleep`` are
     injectable; with the defaults ``sleep`` waits on the stop event, so :meth:`stop` interrupts a
-    backoff wait at once. ``on_state(state, detail)`` is called once per state change (from the
+    backoff wait at once. ``previews`` (optional) gets every converted frame too (latest wins):
+    the publisher reads it for bypass and the render-stall fallback. ``on_state(state, detail)`` is called once per state change (from the
     worker thread; keep it quick). The state is also published as ``metrics`` state ``source``.
     """
 
@@ -61,6 +62,7 @@ class SourceWorker:
         yuv: YuvMatrix = "auto",
         max_dim: int = MAX_DIM,
         name: str = "source",
+        previews: LatestMailbox[FramePacket] | None = None,
     ) -> None:
         if not 0 < read_timeout <= 0.25:
             raise ValueError(f"read_timeout should be in (0, 0.25] s but is {read_timeout!r}")
@@ -68,6 +70,7 @@ class SourceWorker:
         self._make_source = make_source
         self._pre = Preprocessor(resizer, yuv=yuv, max_dim=max_dim)
         self._out = out_mailbox
+        self._previews = previews
         self._metrics = metrics
         self._clock = clock
         self._stop_event = threading.Event()
@@ -248,7 +251,10 @@ class SourceWorker:
         if not isinstance(t_capture, (int, float)) or not math.isfinite(t_capture):
             t_capture = now
         seq = frame.seq if isinstance(frame.seq, int) else 0
-        self._out.put(FramePacket(rgb, float(t_capture), seq))
+        packet = FramePacket(rgb, float(t_capture), seq)
+        self._out.put(packet)
+        if self._previews is not None:
+            self._previews.put(packet)
 
     def _close_source(self) -> None:
         source, self._source = self._source, None
