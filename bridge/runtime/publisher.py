@@ -28,9 +28,12 @@ taken from ``get_input`` (a mailbox the source worker feeds directly): neither b
 fallback goes through the render thread, so a model stuck in a GPU call cannot block them. After
 bypass ends the input stays up until the first processed frame made after it arrives.
 
-Each sink is isolated: an exception in one is logged (first of a burst, then at most every
-10 s), counted, and that sink is closed and re-opened with backoff; the others carry on. All sink
-calls (factory, ``open``, ``send``, ``close``) happen on the publisher thread.
+Each sink is isolated (:mod:`bridge.runtime.sink_worker`): it has its own worker thread and a
+latest-wins mailbox, and the clock only hands frames to those mailboxes. A slow sink drops frames
+(counted) instead of delaying the clock or another sink; an exception in one is logged (first of a
+burst, then at most every 10 s), counted, and that sink is closed and re-opened with backoff on
+its own thread. All calls into one sink (factory, ``open``, ``send``, ``close``) happen on its
+worker thread (``threaded_sinks=False``: on the caller's thread, for tests on a manual clock).
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +53,7 @@ from bridge.runtime.convert import MAX_DIM, ResizePolicy, Resizer
 from bridge.runtime.health import NO_SIGNAL_STATES, SourceState
 from bridge.runtime.metrics import Metrics
 from bridge.runtime.packet import FramePacket
+from bridge.runtime.sink_worker import SinkWorker
 from bridge.runtime.throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
@@ -115,21 +118,6 @@ class TickSchedule:
         self.period = float(period)
         self.start = float(now) + self.period
         self.index = 0
-
-
-@dataclass
-class _SinkSlot:
-    index: int
-    sink: FrameSink | None
-    factory: Callable[[], FrameSink] | None
-    backoff: float
-    log: LogThrottle
-    name: str = ""
-    is_open: bool = False
-    size: tuple[int, int] | None = None
-    retry_at: float = -math.inf
-    errors: int = 0
-    sends: int = 0
 
 
 def _describe_exc(exc: BaseException) -> str:
@@ -198,6 +186,7 @@ class Publisher:
         watchdog_s: float | None = None,
         on_stall: StallMode = "input",
         on_render_state: Callable[[str, str], None] | None = None,
+        threaded_sinks: bool = True,
     ) -> None:
         self._check_fps(fps)
         self._check_mode(no_signal)
@@ -242,7 +231,7 @@ class Publisher:
         self._await_processed = False  # after bypass: input until a processed frame arrives
         self.render_state = RenderState.OK
         self.render_detail = ""
-        self._slots: list[_SinkSlot] = []
+        self._slots: list[SinkWorker] = []
         for i, item in enumerate(sinks):
             if isinstance(item, FrameSink):
                 sink, factory = item, None
@@ -251,7 +240,10 @@ class Publisher:
             else:
                 raise TypeError(f"sink {i} is neither a FrameSink nor a factory: {item!r}")
             self._slots.append(
-                _SinkSlot(i, sink, factory, self._backoff_initial, LogThrottle(10.0, clock), f"{i}")
+                SinkWorker(
+                    i, sink, factory, metrics, clock=clock, backoff_initial_s=self._backoff_initial,
+                    backoff_max_s=self._backoff_max, threaded=threaded_sinks, owner=name,
+                )
             )
         self._last: FramePacket | None = None
         self._last_out: np.ndarray | None = None  # _last scaled to the output size
@@ -316,17 +308,17 @@ class Publisher:
         self._progress_at = self._clock()
 
     def sink_stats(self) -> list[dict[str, Any]]:
-        """Per sink: name, open, sends, errors."""
-        return [
-            {"name": s.name, "open": s.is_open, "sends": s.sends, "errors": s.errors}
-            for s in self._slots
-        ]
+        """Per sink: name, open, state (idle/open/retrying/closed), sends, dropped (replaced by a
+        newer frame before the sink took it), errors, last_error."""
+        return [s.stats() for s in self._slots]
 
     # -- thread ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("Publisher.start() called twice")
+        for slot in self._slots:
+            slot.start()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -617,89 +609,11 @@ class Publisher:
     # -- sinks -----------------------------------------------------------------------------------
 
     def _send_all(self, frame: np.ndarray, now: float) -> bool:
-        size = (int(frame.shape[1]), int(frame.shape[0]))
         delivered = False
         for slot in self._slots:
-            if not self._ensure_open(slot, size, now):
-                continue
-            assert slot.sink is not None
-            try:
-                slot.sink.send(frame)
-            except Exception as exc:
-                self._sink_failed(slot, now, "send", exc)
-                continue
-            slot.sends += 1
-            delivered = True
-            if slot.log.burst:
-                errors = slot.log.reset()
-                logger.info("%s: sink %s works again after %d errors", self.name, slot.name, errors)
-            slot.backoff = self._backoff_initial
+            delivered = slot.offer(frame, self._fps) or delivered
         return delivered
-
-    def _ensure_open(self, slot: _SinkSlot, size: tuple[int, int], now: float) -> bool:
-        if slot.is_open and slot.size == size:
-            return True
-        if now < slot.retry_at:
-            return False
-        if slot.is_open:  # output size changed: re-open at the new size
-            logger.info("%s: sink %s re-opening at %dx%d", self.name, slot.name, *size)
-            self._close_slot(slot)
-        try:
-            if slot.sink is None:
-                assert slot.factory is not None
-                slot.sink = slot.factory()
-            slot.sink.open(size[0], size[1], self._fps)
-        except Exception as exc:
-            self._sink_failed(slot, now, "open", exc)
-            return False
-        slot.is_open = True
-        slot.size = size
-        try:
-            slot.name = f"{slot.index}:{slot.sink.describe() or type(slot.sink).__name__}"
-        except Exception:
-            slot.name = f"{slot.index}:{type(slot.sink).__name__}"
-        logger.debug("%s: sink %s open at %dx%d @ %.3g fps", self.name, slot.name, *size, self._fps)
-        return True
-
-    def _sink_failed(self, slot: _SinkSlot, now: float, what: str, exc: BaseException) -> None:
-        slot.errors += 1
-        self._metrics.count("sink_errors")
-        self._metrics.count(f"sink_errors:{slot.name}")
-        delay = slot.backoff
-        slot.retry_at = now + delay
-        slot.backoff = min(slot.backoff * 2.0, self._backoff_max)
-        suppressed = slot.log.hit(now)
-        if suppressed is not None:
-            logger.warning(
-                "%s: sink %s %s failed: %s; re-opening in %.2f s%s",
-                self.name,
-                slot.name,
-                what,
-                _describe_exc(exc),
-                delay,
-                f" ({suppressed} more errors since the last report)" if suppressed else "",
-                exc_info=slot.log.burst == 1,
-            )
-        self._close_slot(slot)
-
-    def _close_slot(self, slot: _SinkSlot) -> None:
-        sink = slot.sink
-        was_open = slot.is_open
-        slot.is_open = False
-        slot.size = None
-        if sink is None:
-            return
-        try:
-            sink.close()
-        except Exception as exc:
-            if was_open:
-                logger.debug(
-                    "%s: sink %s close failed: %s", self.name, slot.name, _describe_exc(exc)
-                )
-        if slot.factory is not None:
-            slot.sink = None
 
     def _close_all(self) -> None:
         for slot in self._slots:
-            if slot.is_open:
-                self._close_slot(slot)
+            slot.stop(timeout=0.5)

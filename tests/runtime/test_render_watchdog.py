@@ -36,7 +36,7 @@ class Rig:
             source_state=lambda: self.state, clock=clock, sleep=clock.sleep,
             get_input=self.inp.take_latest, bypass=lambda: self.bypass,
             on_render_state=lambda s, d: self.changes.append((s, d)),
-            **kwargs,  # type: ignore[arg-type]
+            threaded_sinks=False, **kwargs,  # type: ignore[arg-type]
         )
 
     def tick(self, n: int = 1, input_value: int | None = None) -> np.ndarray:
