@@ -94,3 +94,15 @@ def test_slow_frames_are_not_a_stall(faulty, feedback):
     assert d.publisher.render_state == "ok"
     assert ("stalled",) not in feedback.values("/sd/status/render")
     assert ("ok",) in feedback.values("/sd/status/render")  # the periodic status says so
+
+
+def test_the_stream_is_reset_when_the_source_is_live_again(faulty):
+    d, _ = faulty
+    resets = d.render.resets
+    health = d.source_worker.health
+    with d.source_worker._health_lock:  # as the watchdog would: a stall, then frames resume
+        health._set("stalled", "no new frame (test)")
+        health._set("live", "frames resumed")
+    assert wait_until(lambda: d.render.resets == resets + 1, 2)
+    rendered = d.frames_rendered
+    assert wait_until(lambda: d.frames_rendered > rendered + 2, 5)
