@@ -231,6 +231,9 @@ class Publisher:
         self._await_processed = False  # after bypass: input until a processed frame arrives
         self.render_state = RenderState.OK
         self.render_detail = ""
+        self.render_stalls = 0
+        self._stall_log = LogThrottle(10.0, clock)
+        self._stall_logged = False
         self._slots: list[SinkWorker] = []
         for i, item in enumerate(sinks):
             if isinstance(item, FrameSink):
@@ -514,8 +517,15 @@ class Publisher:
         self.render_detail = detail
         self._metrics.set_state("render", state)
         if state == RenderState.STALLED:
-            logger.warning("%s: render %s: %s; showing %s", self.name, state, detail, self._on_stall)
-        else:
+            self.render_stalls += 1
+            suppressed = self._stall_log.hit()  # a render flapping around the timeout: 1 line/10 s
+            self._stall_logged = suppressed is not None
+            if self._stall_logged:
+                more = f" ({suppressed} more stalls since the last report)" if suppressed else ""
+                logger.warning(
+                    "%s: render %s: %s; showing %s%s", self.name, state, detail, self._on_stall, more
+                )
+        elif self._stall_logged:
             logger.info("%s: render %s (%s)", self.name, state, detail)
         if self._on_render_state is not None:
             try:

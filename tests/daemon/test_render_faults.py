@@ -38,7 +38,7 @@ def test_hang_then_bypass_then_recovery(faulty, feedback):
     runner.mode = "hang"
     assert runner.hanging.wait(5)
     assert wait_until(lambda: d.publisher.render_state == "stalled", 3)
-    assert d.status()["render"] == "stalled"
+    assert d.status()["render"] == "stalled" and d.page_status()["render"] == "stalled"
     assert wait_until(lambda: d.publisher.showing == "black", 1)  # on_stall: black
     feedback.wait_for("/sd/status/render", lambda a: a[0] == "stalled")
     p0 = _published(d)

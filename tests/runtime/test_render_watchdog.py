@@ -3,6 +3,8 @@ manual clock: the render thread is simulated by what it puts (or does not put) i
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,15 @@ def test_bad_options_are_refused(clock: FakeClock) -> None:
         Publisher([], 60, box.take_latest, Metrics(), on_stall="grey")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Publisher([], 60, box.take_latest, Metrics(), watchdog_s=0)
+
+
+def test_a_flapping_render_logs_one_warning_per_10_s(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(clock)
+    with caplog.at_level(logging.INFO, logger="bridge.runtime.publisher"):
+        for _ in range(10):  # stalls for ~0.6 s, then one frame: ten times in ~7 s
+            rig.tick(36, input_value=1)
+            rig.out.put(_packet(200))
+            rig.tick()
+    assert rig.pub.render_stalls == 10 and [s for s, _ in rig.changes].count("stalled") == 10
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
