@@ -1,9 +1,11 @@
 """The one place that wires everything: source worker -> render loop -> publisher, plus OSC,
 presets, prompt cache and feedback.
 
-Threads: source worker (capture + pre-processing), render loop (the only thread that touches the
-U-Net and VAE), publisher (steady-rate output), prompt encoder (text encoder only), preset
-watcher, OSC receiver, feedback/status. They meet in latest-wins mailboxes and queues.
+Threads: source worker (capture + pre-processing) and its clock watchdog, render loop
+(:mod:`bridge.render_loop`, the only thread that touches the U-Net and VAE), publisher
+(steady-rate output, render watchdog, bypass from the input side), one worker per sink, prompt
+encoder (text encoder only), preset watcher, OSC receiver, feedback/status. They meet in
+latest-wins mailboxes and queues.
 """
 
 from __future__ import annotations
@@ -475,4 +477,3 @@ class Daemon:
         if self.feedback is not None:
             self.feedback.close()
         log.info("stopped: %d frames rendered, %d render errors", self.frames_rendered, self.render_errors)
-
