@@ -382,8 +382,10 @@ def test_a_slow_sink_does_not_delay_the_clock_or_another_sink() -> None:
     pub.stop()
     published = metrics.counter("published")
     assert published >= 50, published  # ~60: the clock kept its rate
-    assert len(good.frames) >= published - 3, (len(good.frames), published)
-    assert np.diff(good.times).max() < 0.1  # never held up by the 200 ms sends
+    # (thresholds leave room for a loaded machine: blocking on the slow sink gives ~5 frames and
+    # 200 ms gaps)
+    assert len(good.frames) >= 0.8 * published, (len(good.frames), published)
+    assert np.diff(good.times).max() < 0.15  # never held up by the 200 ms sends
     assert 3 <= len(slow.frames) <= 7  # the slow one got what it could take, newest first
     stats = pub.sink_stats()
     assert stats[0]["dropped"] >= published - 10 and stats[1]["sends"] == len(good.frames)
@@ -413,7 +415,7 @@ def test_a_failing_sink_is_reopened_on_its_own_thread_off_the_clock() -> None:
     assert pub._thread is not None and pub._thread.ident not in opens  # ...never on the clock
     assert len(set(opens)) == 1
     published = metrics.counter("published")
-    assert len(good.frames) >= published - 3 and published >= 60
-    assert metrics.counter("late_ticks") <= 2
+    assert len(good.frames) >= 0.8 * published and published >= 50
+    assert metrics.counter("late_ticks") < 15  # re-opening on the clock: ~9 late ticks per open
     stats = pub.sink_stats()[0]
     assert stats["errors"] >= 2 and "send broke" in str(stats["last_error"])
