@@ -79,6 +79,11 @@ class OutputConfig(_Strict):
     size: tuple[int, int] | None = Field(None, description="scale the output to WxH (default: pipeline size)")
     resize: Literal["fit", "fill", "stretch"] = Field("fill", description="how input frames meet the pipeline size")
     no_signal: Literal["hold", "black", "slate"] = "slate"
+    watchdog_ms: int = Field(500, ge=50, le=60_000, description="render watchdog: no processed frame for this "
+                             "long while the input is live reports render: stalled and shows on_stall")
+    on_stall: Literal["input", "black", "slate", "hold"] = Field(
+        "input", description="shown while the render is stalled: the newest input frame, black, a slate "
+        "or the last processed frame (hold)")
     phase_lock: bool = Field(True, description="nudge the output ticks (by at most 2 % of the rate) to sit "
                              "half a frame after the processed frames, so nearly equal rates do not judder")
 

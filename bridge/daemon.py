@@ -1,14 +1,15 @@
 """The one place that wires everything: source worker -> render loop -> publisher, plus OSC,
 presets, prompt cache and feedback.
 
-Threads: source worker (capture + pre-processing), render loop (the only thread that touches the
-U-Net and VAE), publisher (steady-rate output), prompt encoder (text encoder only), preset
-watcher, OSC receiver, feedback/status. They meet in latest-wins mailboxes and queues.
+Threads: source worker (capture + pre-processing) and its clock watchdog, render loop
+(:mod:`bridge.render_loop`, the only thread that touches the U-Net and VAE), publisher
+(steady-rate output, render watchdog, bypass from the input side), one worker per sink, prompt
+encoder (text encoder only), preset watcher, OSC receiver, feedback/status. They meet in
+latest-wins mailboxes and queues.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ from bridge.io.registry import create_sink, create_source
 from bridge.live import LiveController, merge_initial
 from bridge.presets import ColdSettings, PresetStore
 from bridge.prompt_cache import PromptCache
+from bridge.render_loop import RenderLoop
 from bridge.runtime.convert import Resizer
 from bridge.runtime.health import SourceHealth
 from bridge.runtime.mailbox import LatestMailbox
@@ -55,6 +57,9 @@ class Daemon:
         # one stream call yields frame_buffer frames at once: room for all of them, taken oldest
         # first, one per output tick (with 1 this is plain latest-wins)
         self.frames_out: LatestMailbox[FramePacket] = LatestMailbox(cfg.pipeline.frame_buffer)
+        # the newest input frame, straight from the source worker: bypass and the render-stall
+        # fallback read it, so a render thread stuck in a model call cannot hold them up
+        self.frames_preview: LatestMailbox[FramePacket] = LatestMailbox(1)
         self.metrics.add_mailbox("input", self.frames_in)
         self.metrics.add_mailbox("output", self.frames_out)
         self._stop = threading.Event()
@@ -71,9 +76,9 @@ class Daemon:
         self.status_page = None
         self.oscquery = None
         self.advertiser = None
-        self._preview_in: np.ndarray | None = None  # the newest input frame (a reference, never written to)
-        self.render_errors = 0
-        self.frames_rendered = 0
+        self.render: RenderLoop | None = None
+        self._bypass = bool(cfg.params.bypass)  # set on OSC receipt, not on the render thread
+        self._source_state = "connecting"
         self._status_extra: dict[str, Any] = {"preset": ""}
 
     # ------------------------------------------------------------------ build
@@ -221,7 +226,7 @@ class Daemon:
             self._fb_queue.put(("error", (address, reason)))
 
         try:
-            self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.controller.submit, on_error=on_error,
+            self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.submit, on_error=on_error,
                                  allow=o.allow, surface=ControlSurface(o.ranges))
             self.osc.start()
         except (OSError, ValueError) as exc:
@@ -254,6 +259,10 @@ class Daemon:
         src_cfg = self.cfg.source
 
         def on_state(state: str, detail: str) -> None:
+            previous, self._source_state = self._source_state, state
+            if state == "live" and previous in ("stalled", "lost", "reconnecting") and self.render is not None:
+                # a clean stream after the gap: no frame built on latents from before it
+                self.render.request_reset(f"source live again after {previous}")
             self._fb_queue.put(("status", {"source": state}))
 
         # live -> stalled after max(250 ms, 3 frame intervals) -> lost after max(0.75 s, 2 stall
@@ -261,13 +270,22 @@ class Daemon:
         health = SourceHealth(min_stall_s=0.25, stall_intervals=3.0, lost_after_s=0.75,
                               backoff_initial_s=0.25, backoff_max_s=5.0)
         self.source_worker = SourceWorker(lambda: create_source(src_cfg), resizer, self.frames_in, self.metrics,
-                                          on_state=on_state, health=health, name=f"source:{src_cfg.type}")
+                                          on_state=on_state, health=health, name=f"source:{src_cfg.type}",
+                                          previews=self.frames_preview)
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
         sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
         self.publisher = Publisher(
             sinks, float(fps), lambda: self.frames_out.get(0), self.metrics, self.cfg.output.no_signal,
             source_state=lambda: self.source_worker.state, size=self.cfg.output.size, default_size=(w, h),
             arrivals=self.frames_out.last_taken, phase_lock=self.cfg.output.phase_lock,
+            get_input=self.frames_preview.take_latest, bypass=lambda: self._bypass,
+            watchdog_s=self.cfg.output.watchdog_ms / 1000.0, on_stall=self.cfg.output.on_stall,
+            on_render_state=lambda state, detail: self._fb_queue.put(("status", {"render": state})),
+        )
+        self.render = RenderLoop(
+            self.engine, self.controller, self.frames_in, self.frames_out, self.metrics,
+            bypass=lambda: self._bypass, on_progress=self.publisher.note_render_progress,
+            on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
         )
 
     def start(self) -> None:
@@ -283,7 +301,7 @@ class Daemon:
         self._build_io()
         self._build_status_page()
         self.publisher.start()
-        render = threading.Thread(target=self._render_loop, name="render", daemon=True)
+        render = threading.Thread(target=self.render.run, args=(self._stop,), name="render", daemon=True)
         fb = threading.Thread(target=self._feedback_loop, name="feedback", daemon=True)
         self._threads = [render, fb]
         render.start()
@@ -310,57 +328,33 @@ class Daemon:
             return self._preview_in
         return self.publisher.last_frame if self.publisher is not None else None
 
-    # ------------------------------------------------------------------ threads
-    def _render_loop(self) -> None:
-        engine = self.engine
-        ctrl = self.controller
-        f = engine.settings.frame_buffer_size
-        latency = engine.pipeline.latency_frames
-        in_flight: collections.deque[tuple[float, int]] = collections.deque()
-        pending: list[FramePacket] = []
-        while not self._stop.is_set():
-            packet = self.frames_in.get(timeout=0.05)
-            try:
-                ctrl.tick()
-            except Exception:
-                log.exception("control tick failed")
-            if packet is None:
-                continue
-            pending.append(packet)
-            if len(pending) < f:
-                continue
-            batch, pending = pending, []
-            self._preview_in = batch[-1].rgb
-            values = ctrl.values
-            try:
-                rgb_in = np.stack([pk.rgb for pk in batch])
-                meta = [(pk.t_capture, pk.seq) for pk in batch]
-                if values["bypass"]:
-                    out = rgb_in
-                    in_flight.clear()
-                else:
-                    out = engine.process(rgb_in)
-                    if engine.pipeline.last_skipped:
-                        self.metrics.count("skipped")
-                        continue
-                    # the frames leaving now entered `latency` calls ago (while the stream fills,
-                    # the primed first frame leaves: attribute it to the newest capture)
-                    in_flight.extend(meta)
-                    if len(in_flight) > latency * f:
-                        meta = [in_flight.popleft() for _ in range(f)]
-                    mix = float(values["mix"])
-                    if mix < 1.0:
-                        out = _blend(rgb_in, out, mix)
-                self.frames_rendered += len(batch)
-                self.metrics.count("processed", len(batch))
-                self.frames_out.put_many([FramePacket(out[j], *meta[min(j, len(meta) - 1)])
-                                          for j in range(out.shape[0])])
-            except Exception as exc:  # keep the show going: the publisher repeats the last frame
-                self.render_errors += 1
-                self.metrics.count("render_errors")
-                if self.render_errors <= 3 or self.render_errors % 100 == 0:
-                    log.error("render failed (%d so far): %s", self.render_errors, exc)
+    @property
+    def _preview_in(self) -> np.ndarray | None:
+        """The newest input frame (a reference, never written to), from the source side."""
+        frame = self.publisher.last_input if self.publisher is not None else None
+        if frame is None and self.render is not None:
+            frame = self.render.last_input
+        return frame
 
+    @property
+    def frames_rendered(self) -> int:
+        return self.render.frames_rendered if self.render is not None else 0
+
+    @property
+    def render_errors(self) -> int:
+        return self.render.render_errors if self.render is not None else 0
+
+    def submit(self, batch: list[Any]) -> None:
+        """Queue a validated control batch for the render thread. Bypass takes effect at once
+        (the publisher reads it), so it works even while the render thread is stuck."""
+        from bridge.control.surface import SetParams
+
+        for command in batch:
+            if isinstance(command, SetParams) and "bypass" in command.values:
+                self._bypass = bool(command.values["bypass"])
+        self.controller.submit(batch)
+
+    # ------------------------------------------------------------------ threads
     def follow_source_rate(self) -> float | None:
         """Without a configured output rate, publish at the source's measured rate (once a dozen
         intervals are known; changes under 5 % are ignored). Returns the new rate if changed."""
@@ -421,6 +415,7 @@ class Daemon:
             "latency_ms": round(float(lat.get("p50_ms") or 0.0), 2),
             "latency_p95_ms": round(float(lat.get("p95_ms") or 0.0), 2),
             "source": self.source_worker.state if self.source_worker else "idle",
+            "render": self.publisher.render_state if self.publisher is not None else "ok",
             "preset": str(self._status_extra.get("preset", "")),
             "dropped": int(sum(snap["dropped"].values())),
             "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
@@ -435,6 +430,10 @@ class Daemon:
             out.update(showing=pub.showing, output_fps_target=round(pub.fps, 2),
                        phase_offset_ms=None if offset is None else round(1000 * offset, 2), sinks=pub.sink_stats())
         out.update(frames_rendered=self.frames_rendered, render_errors=self.render_errors)
+        if self.render is not None:
+            out.update(nonfinite_outputs=self.render.nonfinite_outputs, last_render_error=self.render.last_error)
+        if pub is not None:
+            out.update(render_detail=pub.render_detail, on_stall=pub.on_stall)
         if self.controller is not None:
             out["params"] = self.controller.snapshot()
         return out
@@ -478,13 +477,3 @@ class Daemon:
         if self.feedback is not None:
             self.feedback.close()
         log.info("stopped: %d frames rendered, %d render errors", self.frames_rendered, self.render_errors)
-
-
-def _blend(dry: np.ndarray, wet: np.ndarray, mix: float) -> np.ndarray:
-    """Dry/wet mix of uint8 frames (cv2.addWeighted is the fastest path on the CPU)."""
-    import cv2
-
-    out = np.empty_like(wet)
-    for j in range(wet.shape[0]):
-        cv2.addWeighted(wet[j], mix, dry[j], 1.0 - mix, 0.0, dst=out[j])
-    return out

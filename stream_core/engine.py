@@ -50,10 +50,13 @@ class StreamEngine:
         neg = self.encoder.encode(negative_prompt)
         self.pipeline = StreamPipeline(self.runner, components.scheduler, settings, pos, neg)
         self.settings = settings
+        self.output_finite = True
 
     def process(self, frames: np.ndarray | None) -> np.ndarray:
         """Run one stream call. ``frames``: (f, H, W, 3) uint8, or None for txt2img."""
         images = None
         if frames is not None:
             images = rgb_to_tensor(frames, self.runner.device, self.runner.dtype)
-        return tensor_to_rgb(self.pipeline(images))
+        out = self.pipeline(images)
+        self.output_finite = bool(torch.isfinite(out).all())  # whether this output was finite
+        return tensor_to_rgb(out)

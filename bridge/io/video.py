@@ -10,6 +10,7 @@ resizes).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,7 +203,9 @@ class VideoSinkConfig(SinkConfig):
         ...,
         min_length=1,
         max_length=4096,
-        description="Output file: .mp4/.m4v/.mov/.mkv (mp4v) or .avi (MJPG). Overwritten.",
+        description="Output file: .mp4/.m4v/.mov/.mkv (mp4v) or .avi (MJPG). Overwritten at start; "
+        "a recording that has to be re-opened (sink error, output size change) continues in "
+        "NAME-001.ext, NAME-002.ext, ... (existing files are skipped, never truncated).",
     )
     codec: str | None = Field(
         None,
@@ -223,11 +226,35 @@ class VideoSinkConfig(SinkConfig):
         return value
 
 
+_recordings_lock = threading.Lock()
+_recordings: dict[str, int] = {}  # resolved output path -> next number to try
+
+
+def recording_path(path: Path) -> Path:
+    """The file a new recording to ``path`` goes to: ``path`` itself the first time this process
+    records to it, then ``stem-001.ext``, ``stem-002.ext``, ... (skipping files that exist), so a
+    re-opened recording (also by a new sink object for the same path) never truncates an earlier
+    file."""
+    key = str(path.resolve())
+    with _recordings_lock:
+        n = _recordings.get(key)
+        if n is None:
+            _recordings[key] = 1
+            return path
+        while True:
+            candidate = path.with_name(f"{path.stem}-{n:03d}{path.suffix}")
+            n += 1
+            if not candidate.exists():
+                _recordings[key] = n
+                return candidate
+
+
 class VideoSink(FrameSink):
     kind = "video"
 
     def __init__(self, cfg: VideoSinkConfig) -> None:
         self.cfg = cfg
+        self.path: Path | None = None  # the file being written (numbered after a re-open)
         self._writer: Any = None
         self._size: tuple[int, int] = (0, 0)
         self._buf: np.ndarray | None = None
@@ -236,10 +263,13 @@ class VideoSink(FrameSink):
     def open(self, width: int, height: int, fps: float) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"video sink needs a frame size, got {width}x{height}")
-        path = Path(self.cfg.path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
+        base = Path(self.cfg.path).expanduser()
+        base.parent.mkdir(parents=True, exist_ok=True)
+        path = recording_path(base)
+        if path == base and path.exists():
             log.warning("overwriting %s", path)
+        elif path != base:
+            log.warning("recording re-opened: continuing in %s", path)
         codec = self.cfg.codec or _CODEC_BY_SUFFIX[path.suffix.lower()]
         writer = cv2.VideoWriter(
             str(path),
@@ -251,6 +281,7 @@ class VideoSink(FrameSink):
             writer.release()
             raise OSError(f"OpenCV cannot write {path} with codec {codec!r}")
         self._writer = writer
+        self.path = path
         self._size = (height, width)
         self._buf = np.empty((height, width, 3), np.uint8)
         self.frames_written = 0
@@ -273,7 +304,7 @@ class VideoSink(FrameSink):
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.release()
-            log.info("closed %s after %d frames", self.cfg.path, self.frames_written)
+            log.info("closed %s after %d frames", self.path, self.frames_written)
 
     def describe(self) -> str:
         return f"video:{self.cfg.path}"

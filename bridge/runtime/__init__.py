@@ -3,12 +3,16 @@
 Threads and what they own::
 
     SourceWorker (one per source) -> LatestMailbox -> render thread -> LatestMailbox -> Publisher
+          +--> input-preview LatestMailbox (bypass, stall fallback) --------------------> Publisher
+    Publisher -> one LatestMailbox + SinkWorker thread per sink
 
 * :mod:`~bridge.runtime.convert` - validate, convert to RGB, resize (pre-processing stage).
 * :mod:`~bridge.runtime.mailbox` - bounded latest-wins hand-over between threads.
 * :mod:`~bridge.runtime.health` - the input-loss watchdog as a pure state machine.
 * :mod:`~bridge.runtime.source_worker` - capture thread: backend calls, pre-processing, watchdog.
-* :mod:`~bridge.runtime.publisher` - steady-rate output thread with no-signal cards.
+* :mod:`~bridge.runtime.publisher` - steady-rate output thread with no-signal cards, the render
+  watchdog and bypass from the input side.
+* :mod:`~bridge.runtime.sink_worker` - one thread and latest-wins mailbox per sink.
 * :mod:`~bridge.runtime.metrics` - counters, fps meters and latency percentiles for telemetry.
 
 This package never touches the model.

@@ -18,9 +18,22 @@ frames come no faster than the ticks (interval >= 0.97 period), so the output ra
 a faster source; a slower one (30 fps into 60 Hz) gets each frame shown for the same number of
 ticks. The grid stays absolute; the nudges move it by at most 2 % of the rate.
 
-Each sink is isolated: an exception in one is logged (first of a burst, then at most every
-10 s), counted, and that sink is closed and re-opened with backoff; the others carry on. All sink
-calls (factory, ``open``, ``send``, ``close``) happen on the publisher thread.
+**Render watchdog.** With ``watchdog_s`` set, the publisher watches the render thread from the
+outside: while the source is ``live`` (and bypass is off), no processed frame and no progress
+note (:meth:`Publisher.note_render_progress`) for ``watchdog_s`` makes the render state
+``stalled`` and the output shows ``on_stall``: the newest input frame (``input``), ``black``, a
+"RENDER STALLED" ``slate`` or the last processed frame (``hold``). The first processed frame
+after that makes it ``ok`` again. **Bypass** (``bypass()`` true) shows the newest input frame,
+taken from ``get_input`` (a mailbox the source worker feeds directly): neither bypass nor the stall
+fallback goes through the render thread, so a model stuck in a GPU call cannot block them. After
+bypass ends the input stays up until the first processed frame made after it arrives.
+
+Each sink is isolated (:mod:`bridge.runtime.sink_worker`): it has its own worker thread and a
+latest-wins mailbox, and the clock only hands frames to those mailboxes. A slow sink drops frames
+(counted) instead of delaying the clock or another sink; an exception in one is logged (first of a
+burst, then at most every 10 s), counted, and that sink is closed and re-opened with backoff on
+its own thread. All calls into one sink (factory, ``open``, ``send``, ``close``) happen on its
+worker thread (``threaded_sinks=False``: on the caller's thread, for tests on a manual clock).
 """
 
 from __future__ import annotations
@@ -30,7 +43,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -41,12 +53,22 @@ from bridge.runtime.convert import MAX_DIM, ResizePolicy, Resizer
 from bridge.runtime.health import NO_SIGNAL_STATES, SourceState
 from bridge.runtime.metrics import Metrics
 from bridge.runtime.packet import FramePacket
+from bridge.runtime.sink_worker import SinkWorker
 from bridge.runtime.throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
 
 NoSignalMode = Literal["hold", "black", "slate"]
 NO_SIGNAL_MODES: tuple[str, ...] = ("hold", "black", "slate")
+StallMode = Literal["input", "black", "slate", "hold"]
+STALL_MODES: tuple[str, ...] = ("input", "black", "slate", "hold")
+
+
+class RenderState:
+    """Render health as the publisher sees it (plain ``str`` values, as reported over OSC)."""
+
+    OK = "ok"
+    STALLED = "stalled"
 MAX_FPS = 10_000.0
 PHASE_GAIN = 0.1  # share of the phase error corrected per new frame
 PHASE_MAX_STEP = 0.02  # largest nudge per new frame, in periods (also the largest rate change)
@@ -98,24 +120,25 @@ class TickSchedule:
         self.index = 0
 
 
-@dataclass
-class _SinkSlot:
-    index: int
-    sink: FrameSink | None
-    factory: Callable[[], FrameSink] | None
-    backoff: float
-    log: LogThrottle
-    name: str = ""
-    is_open: bool = False
-    size: tuple[int, int] | None = None
-    retry_at: float = -math.inf
-    errors: int = 0
-    sends: int = 0
-
-
 def _describe_exc(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _as_packet(item: Any) -> FramePacket:
+    """Check a frame handed over by another thread; raises on anything but H x W x 3 uint8."""
+    rgb, t_capture, seq = item
+    if not isinstance(rgb, np.ndarray):
+        raise TypeError(f"frame is a {type(rgb).__name__}, not a numpy array")
+    if (
+        rgb.dtype != np.uint8
+        or rgb.ndim != 3
+        or rgb.shape[2] != 3
+        or not 1 <= rgb.shape[0] <= MAX_DIM
+        or not 1 <= rgb.shape[1] <= MAX_DIM
+    ):
+        raise ValueError(f"expected H x W x 3 uint8, got {rgb.shape} {rgb.dtype}")
+    return FramePacket(np.ascontiguousarray(rgb), float(t_capture), int(seq))
 
 
 class Publisher:
@@ -158,9 +181,19 @@ class Publisher:
         name: str = "publisher",
         arrivals: Callable[[], tuple[int, float] | None] | None = None,
         phase_lock: bool = True,
+        get_input: Callable[[], FramePacket | None] | None = None,
+        bypass: Callable[[], bool] | None = None,
+        watchdog_s: float | None = None,
+        on_stall: StallMode = "input",
+        on_render_state: Callable[[str, str], None] | None = None,
+        threaded_sinks: bool = True,
     ) -> None:
         self._check_fps(fps)
         self._check_mode(no_signal)
+        if on_stall not in STALL_MODES:
+            raise ValueError(f"on_stall should be one of {STALL_MODES} but is {on_stall!r}")
+        if watchdog_s is not None and not (0 < watchdog_s < math.inf):
+            raise ValueError(f"watchdog_s should be > 0 s (or None: off) but is {watchdog_s!r}")
         for label, value in (("size", size), ("default_size", default_size)):
             if value is not None and (
                 len(value) != 2 or not all(1 <= int(v) <= MAX_DIM for v in value)
@@ -182,7 +215,26 @@ class Publisher:
         self._backoff_initial = float(backoff_initial_s)
         self._backoff_max = float(backoff_max_s)
         self._cards = CardCache(slate_title)
-        self._slots: list[_SinkSlot] = []
+        self._stall_cards = CardCache("RENDER STALLED")
+        self._get_input = get_input
+        self._bypass = bypass
+        self._watchdog_s = None if watchdog_s is None else float(watchdog_s)
+        self._on_stall: StallMode = on_stall
+        self._on_render_state = on_render_state
+        self._input: FramePacket | None = None  # the newest input frame (for bypass / stall)
+        self._input_out: np.ndarray | None = None  # _input scaled to the output size
+        self._render_ref: float | None = None  # last render progress (or grace start), our clock
+        self._progress_at: float | None = None  # set by note_render_progress (render thread)
+        self._was_live = False
+        self._was_bypass = False
+        self._stall_since: float | None = None
+        self._await_processed = False  # after bypass: input until a processed frame arrives
+        self.render_state = RenderState.OK
+        self.render_detail = ""
+        self.render_stalls = 0
+        self._stall_log = LogThrottle(10.0, clock)
+        self._stall_logged = False
+        self._slots: list[SinkWorker] = []
         for i, item in enumerate(sinks):
             if isinstance(item, FrameSink):
                 sink, factory = item, None
@@ -191,7 +243,10 @@ class Publisher:
             else:
                 raise TypeError(f"sink {i} is neither a FrameSink nor a factory: {item!r}")
             self._slots.append(
-                _SinkSlot(i, sink, factory, self._backoff_initial, LogThrottle(10.0, clock), f"{i}")
+                SinkWorker(
+                    i, sink, factory, metrics, clock=clock, backoff_initial_s=self._backoff_initial,
+                    backoff_max_s=self._backoff_max, threaded=threaded_sinks, owner=name,
+                )
             )
         self._last: FramePacket | None = None
         self._last_out: np.ndarray | None = None  # _last scaled to the output size
@@ -240,18 +295,33 @@ class Publisher:
         self._check_mode(mode)
         self._mode = mode
 
+    @property
+    def on_stall(self) -> StallMode:
+        return self._on_stall
+
+    @property
+    def last_input(self) -> np.ndarray | None:
+        """The newest input frame the publisher has seen (for previews), or None."""
+        packet = self._input
+        return None if packet is None else packet.rgb
+
+    def note_render_progress(self) -> None:
+        """Called by the render thread after each finished call (also one the similarity filter
+        skipped, which sends no frame): the render is alive. Thread-safe (one float store)."""
+        self._progress_at = self._clock()
+
     def sink_stats(self) -> list[dict[str, Any]]:
-        """Per sink: name, open, sends, errors."""
-        return [
-            {"name": s.name, "open": s.is_open, "sends": s.sends, "errors": s.errors}
-            for s in self._slots
-        ]
+        """Per sink: name, open, state (idle/open/retrying/closed), sends, dropped (replaced by a
+        newer frame before the sink took it), errors, last_error."""
+        return [s.stats() for s in self._slots]
 
     # -- thread ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("Publisher.start() called twice")
+        for slot in self._slots:
+            slot.start()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -305,8 +375,10 @@ class Publisher:
         Called by the thread on each tick; tests may call it directly (never both)."""
         if now is None:
             now = self._clock()
-        self._take_new_frame()
+        got_new = self._take_new_frame()
+        self._take_input()
         state = self._read_state()
+        bypass = self._read_bypass()
         no_signal = state in NO_SIGNAL_STATES
         if no_signal:
             if self._outage_since is None:
@@ -316,20 +388,34 @@ class Publisher:
                 # frame arrives, instead of flashing a stale one (with a bogus latency).
                 self._last = None
                 self._last_out = None
+            self._input = None  # nor a stale input frame
+            self._input_out = None
         else:
             self._outage_since = None
+        if got_new:
+            self._await_processed = False
+        if self._was_bypass and not bypass and self._get_input is not None:
+            self._await_processed = True
+        stalled = self._watch_render(now, state, bypass, got_new)
 
-        if self._last is not None and (not no_signal or self._mode == "hold"):
+        if no_signal and not (self._last is not None and self._mode == "hold"):
+            frame, showing = self._card(self._mode, state, now)
+        elif bypass and self._input is not None:
+            frame, showing = self._input_frame(), "input"
+        elif stalled and self._on_stall != "hold":
+            if self._on_stall == "input" and self._input is not None:
+                frame, showing = self._input_frame(), "input"
+            elif self._on_stall == "input" and self._last is not None:
+                frame, showing = self._output_frame(), "frame"
+            else:
+                frame, showing = self._card(self._on_stall, state, now, stall=True)
+        elif self._await_processed and self._input is not None:
+            frame, showing = self._input_frame(), "input"
+        elif self._last is not None:
             frame = self._output_frame()
             showing = "frame"
         else:
-            width, height = self._output_size()
-            if self._mode == "black":
-                frame = self._cards.black(width, height)
-                showing = "black"
-            else:
-                frame = self._cards.slate(width, height, self._slate_text(state, now))
-                showing = "slate"
+            frame, showing = self._card(self._mode, state, now)
 
         delivered = self._send_all(frame, now)
         self.last_frame = frame
@@ -344,45 +430,126 @@ class Publisher:
                     self._metrics.record_latency("end_to_end", latency)
             else:
                 self._metrics.count("repeated")
+        elif showing == "input":
+            self._metrics.count("published_input")
         if showing != self.showing:
             self.showing = showing
             self._metrics.set_state("output", showing)
         return frame
 
-    def _take_new_frame(self) -> None:
+    def _take_new_frame(self) -> bool:
         try:
             item = self._get_latest()
         except Exception as exc:
             if self._input_log.hit() is not None:
                 logger.warning("%s: get_latest failed: %s", self.name, _describe_exc(exc))
-            return
+            return False
         if item is None:
-            return
+            return False
         try:
-            rgb, t_capture, seq = item
-            if not isinstance(rgb, np.ndarray):
-                raise TypeError(f"frame is a {type(rgb).__name__}, not a numpy array")
-            if (
-                rgb.dtype != np.uint8
-                or rgb.ndim != 3
-                or rgb.shape[2] != 3
-                or not 1 <= rgb.shape[0] <= MAX_DIM
-                or not 1 <= rgb.shape[1] <= MAX_DIM
-            ):
-                raise ValueError(f"expected H x W x 3 uint8, got {rgb.shape} {rgb.dtype}")
-            packet = FramePacket(np.ascontiguousarray(rgb), float(t_capture), int(seq))
+            packet = _as_packet(item)
         except Exception as exc:
             self._metrics.count("rejected_outputs")
             if self._input_log.hit() is not None:
                 logger.warning(
                     "%s: ignoring a bad processed frame: %s", self.name, _describe_exc(exc)
                 )
-            return
+            return False
         self._last = packet
         self._last_out = None
         self._frame_size = (int(packet.rgb.shape[1]), int(packet.rgb.shape[0]))
         self._last_sent = False
         self._note_arrival()
+        return True
+
+    def _take_input(self) -> None:
+        if self._get_input is None:
+            return
+        try:
+            item = self._get_input()
+            if item is None:
+                return
+            packet = _as_packet(item)
+        except Exception as exc:
+            if self._input_log.hit() is not None:
+                logger.warning("%s: ignoring an input frame: %s", self.name, _describe_exc(exc))
+            return
+        self._input = packet
+        self._input_out = None
+        if self._frame_size is None:
+            self._frame_size = (int(packet.rgb.shape[1]), int(packet.rgb.shape[0]))
+
+    def _read_bypass(self) -> bool:
+        if self._bypass is None:
+            return False
+        try:
+            return bool(self._bypass())
+        except Exception as exc:
+            if self._input_log.hit() is not None:
+                logger.warning("%s: bypass flag failed: %s", self.name, _describe_exc(exc))
+            return False
+
+    def _watch_render(self, now: float, state: str, bypass: bool, got_new: bool) -> bool:
+        """Update the render state; True while it is stalled."""
+        progress, self._progress_at = self._progress_at, None
+        live = state == SourceState.LIVE
+        if got_new or progress is not None:
+            self._render_ref = now
+            if self.render_state == RenderState.STALLED:
+                took = now - self._stall_since if self._stall_since is not None else 0.0
+                self._set_render(RenderState.OK, f"frames again after {took:.2f} s")
+        if (live and not self._was_live) or (self._was_bypass and not bypass):
+            self._render_ref = now  # a grace period from the moment the render has work again
+        self._was_live = live
+        self._was_bypass = bypass
+        if self._watchdog_s is None or bypass or not live or self._render_ref is None:
+            return self.render_state == RenderState.STALLED
+        silent = now - self._render_ref
+        if self.render_state == RenderState.OK and silent >= self._watchdog_s:
+            self._stall_since = self._render_ref
+            self._set_render(
+                RenderState.STALLED, f"no processed frame for {silent:.2f} s (input is live)"
+            )
+        return self.render_state == RenderState.STALLED
+
+    def _set_render(self, state: str, detail: str) -> None:
+        self.render_state = state
+        self.render_detail = detail
+        self._metrics.set_state("render", state)
+        if state == RenderState.STALLED:
+            self.render_stalls += 1
+            suppressed = self._stall_log.hit()  # a render flapping around the timeout: 1 line/10 s
+            self._stall_logged = suppressed is not None
+            if self._stall_logged:
+                more = f" ({suppressed} more stalls since the last report)" if suppressed else ""
+                logger.warning(
+                    "%s: render %s: %s; showing %s%s", self.name, state, detail, self._on_stall, more
+                )
+        elif self._stall_logged:
+            logger.info("%s: render %s (%s)", self.name, state, detail)
+        if self._on_render_state is not None:
+            try:
+                self._on_render_state(state, detail)
+            except Exception:
+                logger.exception("%s: on_render_state callback failed", self.name)
+
+    def _card(
+        self, mode: str, state: str, now: float, stall: bool = False
+    ) -> tuple[np.ndarray, str]:
+        width, height = self._output_size()
+        if mode == "black":
+            return self._cards.black(width, height), "black"
+        if stall:
+            since = self._stall_since if self._stall_since is not None else now
+            return self._stall_cards.slate(width, height, f"{int(now - since)} s"), "slate"
+        return self._cards.slate(width, height, self._slate_text(state, now)), "slate"
+
+    def _input_frame(self) -> np.ndarray:
+        assert self._input is not None
+        if self._input_out is None:
+            rgb = self._input.rgb
+            self._input_out = self._resizer(rgb) if self._resizer is not None else rgb
+        return self._input_out
 
     def _note_arrival(self) -> None:
         """Record when the frame just taken arrived, and the smoothed interval between frames."""
@@ -452,89 +619,11 @@ class Publisher:
     # -- sinks -----------------------------------------------------------------------------------
 
     def _send_all(self, frame: np.ndarray, now: float) -> bool:
-        size = (int(frame.shape[1]), int(frame.shape[0]))
         delivered = False
         for slot in self._slots:
-            if not self._ensure_open(slot, size, now):
-                continue
-            assert slot.sink is not None
-            try:
-                slot.sink.send(frame)
-            except Exception as exc:
-                self._sink_failed(slot, now, "send", exc)
-                continue
-            slot.sends += 1
-            delivered = True
-            if slot.log.burst:
-                errors = slot.log.reset()
-                logger.info("%s: sink %s works again after %d errors", self.name, slot.name, errors)
-            slot.backoff = self._backoff_initial
+            delivered = slot.offer(frame, self._fps) or delivered
         return delivered
-
-    def _ensure_open(self, slot: _SinkSlot, size: tuple[int, int], now: float) -> bool:
-        if slot.is_open and slot.size == size:
-            return True
-        if now < slot.retry_at:
-            return False
-        if slot.is_open:  # output size changed: re-open at the new size
-            logger.info("%s: sink %s re-opening at %dx%d", self.name, slot.name, *size)
-            self._close_slot(slot)
-        try:
-            if slot.sink is None:
-                assert slot.factory is not None
-                slot.sink = slot.factory()
-            slot.sink.open(size[0], size[1], self._fps)
-        except Exception as exc:
-            self._sink_failed(slot, now, "open", exc)
-            return False
-        slot.is_open = True
-        slot.size = size
-        try:
-            slot.name = f"{slot.index}:{slot.sink.describe() or type(slot.sink).__name__}"
-        except Exception:
-            slot.name = f"{slot.index}:{type(slot.sink).__name__}"
-        logger.debug("%s: sink %s open at %dx%d @ %.3g fps", self.name, slot.name, *size, self._fps)
-        return True
-
-    def _sink_failed(self, slot: _SinkSlot, now: float, what: str, exc: BaseException) -> None:
-        slot.errors += 1
-        self._metrics.count("sink_errors")
-        self._metrics.count(f"sink_errors:{slot.name}")
-        delay = slot.backoff
-        slot.retry_at = now + delay
-        slot.backoff = min(slot.backoff * 2.0, self._backoff_max)
-        suppressed = slot.log.hit(now)
-        if suppressed is not None:
-            logger.warning(
-                "%s: sink %s %s failed: %s; re-opening in %.2f s%s",
-                self.name,
-                slot.name,
-                what,
-                _describe_exc(exc),
-                delay,
-                f" ({suppressed} more errors since the last report)" if suppressed else "",
-                exc_info=slot.log.burst == 1,
-            )
-        self._close_slot(slot)
-
-    def _close_slot(self, slot: _SinkSlot) -> None:
-        sink = slot.sink
-        was_open = slot.is_open
-        slot.is_open = False
-        slot.size = None
-        if sink is None:
-            return
-        try:
-            sink.close()
-        except Exception as exc:
-            if was_open:
-                logger.debug(
-                    "%s: sink %s close failed: %s", self.name, slot.name, _describe_exc(exc)
-                )
-        if slot.factory is not None:
-            slot.sink = None
 
     def _close_all(self) -> None:
         for slot in self._slots:
-            if slot.is_open:
-                self._close_slot(slot)
+            slot.stop(timeout=0.5)

@@ -6,6 +6,11 @@ worker also does the pre-processing stage (validate -> RGB -> resize) and runs t
 watchdog (:class:`~bridge.runtime.health.SourceHealth`): it closes a lost source and re-creates it
 with backoff until frames flow again. Nothing a source does (raise, hang up, deliver garbage) can
 end the thread; only :meth:`SourceWorker.stop` does.
+
+The timeouts are also applied from the clock, not only after ``read`` returns: a small watchdog
+thread calls :meth:`SourceWorker.watch` every ``watchdog_interval`` s, so a backend stuck in a
+native call still goes ``stalled`` then ``lost`` on time. The stuck source is closed (on the
+worker thread, as always) once its call returns; a frame it returns late is dropped.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ class SourceWorker:
     ``make_source`` is called (on the worker thread) for the first connection and again for every
     reconnection, so each attempt gets a fresh backend object. ``clock`` and ``sleep`` are
     injectable; with the defaults ``sleep`` waits on the stop event, so :meth:`stop` interrupts a
-    backoff wait at once. ``on_state(state, detail)`` is called once per state change (from the
+    backoff wait at once. ``previews`` (optional) gets every converted frame too (latest wins):
+    the publisher reads it for bypass and the render-stall fallback. ``on_state(state, detail)`` is called once per state change (from the
     worker thread; keep it quick). The state is also published as ``metrics`` state ``source``.
     """
 
@@ -61,13 +67,18 @@ class SourceWorker:
         yuv: YuvMatrix = "auto",
         max_dim: int = MAX_DIM,
         name: str = "source",
+        previews: LatestMailbox[FramePacket] | None = None,
+        watchdog_interval: float | None = 0.05,
     ) -> None:
         if not 0 < read_timeout <= 0.25:
             raise ValueError(f"read_timeout should be in (0, 0.25] s but is {read_timeout!r}")
+        if watchdog_interval is not None and not 0 < watchdog_interval <= 1.0:
+            raise ValueError(f"watchdog_interval should be in (0, 1] s but is {watchdog_interval!r}")
         self.name = name
         self._make_source = make_source
         self._pre = Preprocessor(resizer, yuv=yuv, max_dim=max_dim)
         self._out = out_mailbox
+        self._previews = previews
         self._metrics = metrics
         self._clock = clock
         self._stop_event = threading.Event()
@@ -76,6 +87,11 @@ class SourceWorker:
         self._read_timeout = float(read_timeout)
         self.health = health if health is not None else SourceHealth()
         self.health.add_listener(self._state_changed)
+        # the worker and the watchdog both drive the health state machine: one at a time
+        self._health_lock = threading.RLock()
+        self._close_due = False  # the watchdog declared the open source lost while it was busy
+        self._watchdog_interval = watchdog_interval
+        self._watchdog: threading.Thread | None = None
         self._source: FrameSource | None = None
         self._described = name
         self._thread: threading.Thread | None = None
@@ -111,6 +127,28 @@ class SourceWorker:
         logger.info("source %s: connecting", self.name)
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
+        if self._watchdog_interval is not None:
+            self._watchdog = threading.Thread(
+                target=self._watch_loop, name=f"source-watchdog-{self.name}", daemon=True
+            )
+            self._watchdog.start()
+
+    def watch(self, now: float | None = None) -> None:
+        """Apply the stall/lost timeouts from the clock, whatever the worker is doing (thread-safe;
+        the watchdog thread calls it, tests may too). A source found lost is closed by the worker
+        as soon as its backend call returns."""
+        with self._health_lock:
+            if self.health.poll(self._clock() if now is None else now):
+                self._close_due = True
+                self._publish_detail()
+
+    def _watch_loop(self) -> None:
+        while not self._stop_event.wait(self._watchdog_interval):
+            try:
+                self.watch()
+            except Exception:
+                if self._crash_log.hit() is not None:
+                    logger.exception("source %s: watchdog failed", self.name)
 
     def stop(self, timeout: float = 0.5) -> bool:
         """Stop the thread (the source is closed on it). Returns False if it did not end within
@@ -138,7 +176,9 @@ class SourceWorker:
         Called in a loop by the worker thread; tests may call it directly (never both)."""
         now = self._clock()
         if self._source is None:
-            if self.health.attempt_due(now):
+            with self._health_lock:
+                due = self.health.attempt_due(now)
+            if due:
                 self._connect(now)
             else:
                 self._sleep(min(max(self.health.next_attempt_at - now, 0.0), 0.05))
@@ -151,16 +191,33 @@ class SourceWorker:
                 logger.warning(
                     "source %s: read raised %s", self._described, _describe_exc(exc), exc_info=True
                 )
-            self.health.error(self._clock(), _describe_exc(exc))
-            self._publish_detail()
+            with self._health_lock:
+                if not self._take_close_due():
+                    self.health.error(self._clock(), _describe_exc(exc))
+                self._publish_detail()
             self._close_source()
             return
         now = self._clock()
+        with self._health_lock:
+            if self._take_close_due():  # lost on the clock while this read was stuck
+                if frame is not None:
+                    self._metrics.count("late_frames")
+                self._close_source()
+                return
+            if frame is not None:
+                self.health.frame(now)
         if frame is not None:
             self._handle_frame(frame, now)
-        if self.health.poll(now):
-            self._publish_detail()
+        with self._health_lock:
+            close = self.health.poll(now) or self._take_close_due()
+            if close:
+                self._publish_detail()
+        if close:
             self._close_source()
+
+    def _take_close_due(self) -> bool:
+        due, self._close_due = self._close_due, False
+        return due
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -173,15 +230,19 @@ class SourceWorker:
                     if self._crash_log.hit() is not None:
                         logger.exception("source %s: unexpected error in the worker", self.name)
                     self._close_source()
-                    self.health.error(self._clock(), f"internal error: {_describe_exc(exc)}")
-                    self._publish_detail()
+                    with self._health_lock:
+                        self._close_due = False
+                        self.health.error(self._clock(), f"internal error: {_describe_exc(exc)}")
+                        self._publish_detail()
                     self._sleep(0.05)
         finally:
             self._close_source()
-            self.health.stop()
+            with self._health_lock:
+                self.health.stop()
 
     def _connect(self, now: float) -> None:
-        self.health.begin_attempt(now)
+        with self._health_lock:
+            self.health.begin_attempt(now)
         source: FrameSource | None = None
         try:
             source = self._make_source()
@@ -189,8 +250,9 @@ class SourceWorker:
         except Exception as exc:
             if source is not None:
                 self._safe_close(source)
-            self.health.open_failed(self._clock(), _describe_exc(exc))
-            self._publish_detail()
+            with self._health_lock:
+                self.health.open_failed(self._clock(), _describe_exc(exc))
+                self._publish_detail()
             suppressed = self._retry_log.hit()
             if suppressed is None:
                 level = logging.DEBUG
@@ -217,12 +279,14 @@ class SourceWorker:
             fps = source.nominal_fps
         except Exception:
             fps = None
-        self.health.opened(self._clock(), fps if isinstance(fps, (int, float)) else None)
+        with self._health_lock:
+            self._close_due = False
+            self.health.opened(self._clock(), fps if isinstance(fps, (int, float)) else None)
         logger.debug("source %s: opened", self._described)
 
     def _handle_frame(self, frame: Frame, now: float) -> None:
+        """Pre-process and queue a frame (``health.frame`` was already told of it)."""
         self._metrics.count("captured")
-        self.health.frame(now)
         try:
             rgb = self._pre(frame)
         except Exception as exc:  # FrameError, or anything OpenCV raises on odd data
@@ -248,7 +312,10 @@ class SourceWorker:
         if not isinstance(t_capture, (int, float)) or not math.isfinite(t_capture):
             t_capture = now
         seq = frame.seq if isinstance(frame.seq, int) else 0
-        self._out.put(FramePacket(rgb, float(t_capture), seq))
+        packet = FramePacket(rgb, float(t_capture), seq)
+        self._out.put(packet)
+        if self._previews is not None:
+            self._previews.put(packet)
 
     def _close_source(self) -> None:
         source, self._source = self._source, None

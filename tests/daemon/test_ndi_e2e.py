@@ -141,11 +141,13 @@ def test_ndi_through_daemon_and_sender_loss(tiny_model_dir, preset_dir, feedback
         assert gap <= 2.0 / OUT_FPS + 0.03, f"longest output gap {gap * 1000:.0f} ms during the outage"
         assert d.publisher.showing == "slate"
 
+        resets_before = d.render.resets
         sender = RawSender(in_name)
         sender.start()
         assert wait_until(lambda: d.source_worker.state == "live", 1.0), (
             f"not live 1 s after the sender returned: {d.source_worker.state} ({d.source_worker.detail})")
         assert wait_until(lambda: d.frames_rendered > rendered_before + 3, 2.0)
+        assert d.render.resets > resets_before  # a clean stream after the gap
         n_before = len(receiver.times)
         assert wait_until(lambda: len(receiver.times) > n_before + 5, 2.0)
     finally:

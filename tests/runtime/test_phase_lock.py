@@ -70,7 +70,7 @@ def simulate(src_fps: float, out_fps: float, *, lock: bool = True, jitter: float
             pub.stop()
 
     pub = Publisher([sink], out_fps, source.take, Metrics(), "hold", clock=clock, sleep=sleep,
-                    default_size=(8, 8), arrivals=source.last_taken, phase_lock=lock)
+                    default_size=(8, 8), arrivals=source.last_taken, phase_lock=lock, threaded_sinks=False)
     pub._run()  # the publisher thread's loop, on this thread, on the manual clock
     seq_of = {id(a): k for k, a in enumerate(source.arrays)}
     sent = [(t, seq_of.get(id(f))) for t, f in zip(sink.times, sink.frames, strict=True)]
@@ -157,5 +157,6 @@ def test_nudges_change_the_output_rate_by_at_most_the_step():
 
 def test_without_arrival_times_the_grid_is_untouched():
     clock = FakeClock()
-    pub = Publisher([RecordingSink()], 60, lambda: None, Metrics(), clock=clock, default_size=(8, 8))
+    pub = Publisher([RecordingSink()], 60, lambda: None, Metrics(), clock=clock, default_size=(8, 8),
+                    threaded_sinks=False)
     assert pub.phase_step(clock.now, 1 / 60) == 0.0

@@ -1,0 +1,217 @@
+"""The render loop: the only thread that touches the model.
+
+Each iteration takes the next input frame, applies pending live control (the controller's tick),
+runs one stream call and hands the output frames to the publisher's mailbox. What it guards:
+
+* **Non-finite output** (``engine.output_finite`` false after a call): the frames are dropped (the
+  publisher holds the last good one), the stream is reset and it is reported: a WARNING log line
+  and an ``/sd/error`` reply, both at most once per ``report_interval_s`` with a count.
+* **An exception** from a call: the same (the stream state may be half-updated, so it is reset).
+* **A gap**: when the source comes back live (:meth:`RenderLoop.request_reset`, called from the
+  source worker's state callback) and when bypass ends, the stream buffer and smoothing state are
+  reset before the next frame, so no frame after the gap is built on latents from before it.
+* **Bypass**: the loop leaves the model alone; the publisher shows input frames straight from the
+  source side, so bypass also works while a call here is stuck.
+
+A hung call cannot be detected from inside: the publisher's render watchdog sees it from outside
+(no processed frame and no :meth:`on_progress` for its timeout). ``on_progress`` is called after
+every finished call, also one the similarity filter skipped (which sends no frame).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bridge.runtime.mailbox import LatestMailbox
+from bridge.runtime.metrics import Metrics
+from bridge.runtime.packet import FramePacket
+from bridge.runtime.throttle import LogThrottle
+
+log = logging.getLogger("streambridge.render")
+
+RENDER_ADDRESS = "/sd/render"  # the address render problems are reported under on /sd/error
+
+
+class RenderLoop:
+    """One render thread's work. ``engine`` is a :class:`stream_core.engine.StreamEngine` (or
+    anything with ``process``, ``pipeline`` (``reset``, ``last_skipped``, ``latency_frames``),
+    ``settings.frame_buffer_size`` and ``output_finite``); ``controller`` has ``tick()`` and
+    ``values``. ``bypass()`` says whether bypass is on (read every iteration)."""
+
+    def __init__(
+        self,
+        engine: Any,
+        controller: Any,
+        frames_in: LatestMailbox[FramePacket],
+        frames_out: LatestMailbox[FramePacket],
+        metrics: Metrics,
+        *,
+        bypass: Callable[[], bool] | None = None,
+        on_progress: Callable[[], None] | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        report_interval_s: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.controller = controller
+        self.frames_in = frames_in
+        self.frames_out = frames_out
+        self.metrics = metrics
+        self._bypass = bypass if bypass is not None else (lambda: bool(controller.values["bypass"]))
+        self._on_progress = on_progress
+        self._on_error = on_error
+        self._f = int(engine.settings.frame_buffer_size)
+        self._latency = int(engine.pipeline.latency_frames)
+        self._in_flight: collections.deque[tuple[float, int]] = collections.deque()
+        self._pending: list[FramePacket] = []
+        self._reset_reason: str | None = None
+        self._reset_lock = threading.Lock()
+        self._in_bypass = False
+        self._error_log = LogThrottle(report_interval_s, clock)
+        self._nan_log = LogThrottle(report_interval_s, clock)
+        self.frames_rendered = 0
+        self.render_errors = 0
+        self.nonfinite_outputs = 0
+        self.resets = 0
+        self.last_error = ""
+        self.last_input: np.ndarray | None = None  # the newest input frame taken (a reference)
+
+    # -- from other threads ----------------------------------------------------------------------
+
+    def request_reset(self, reason: str) -> None:
+        """Reset the stream before the next frame (thread-safe; e.g. the source is live again)."""
+        with self._reset_lock:
+            self._reset_reason = reason
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step()
+
+    def step(self, timeout: float = 0.05) -> None:
+        """One iteration: wait up to ``timeout`` for a frame, tick the controller, render."""
+        packet = self.frames_in.get(timeout=timeout)
+        try:
+            self.controller.tick()
+        except Exception:
+            log.exception("control tick failed")
+        if self._bypass():
+            if not self._in_bypass:
+                self._in_bypass = True
+                self._drop_stream_state()
+            self._progress()  # alive: the publisher shows the input meanwhile
+            return
+        if self._in_bypass:
+            self._in_bypass = False
+            self._reset("bypass ended")
+        with self._reset_lock:
+            reason, self._reset_reason = self._reset_reason, None
+        if reason is not None:
+            self._reset(reason)
+        if packet is None:
+            return
+        self.last_input = packet.rgb
+        self._pending.append(packet)
+        if len(self._pending) < self._f:
+            return
+        batch, self._pending = self._pending, []
+        self._render(batch)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _render(self, batch: list[FramePacket]) -> None:
+        engine = self.engine
+        f = self._f
+        try:
+            rgb_in = np.stack([pk.rgb for pk in batch])
+            meta = [(pk.t_capture, pk.seq) for pk in batch]
+            out = engine.process(rgb_in)
+            if not getattr(engine, "output_finite", True):
+                self._nonfinite()
+                return
+            if engine.pipeline.last_skipped:
+                self.metrics.count("skipped")
+                self._progress()
+                return
+            # the frames leaving now entered `latency` calls ago (while the stream fills, the
+            # primed first frame leaves: attribute it to the newest capture)
+            self._in_flight.extend(meta)
+            if len(self._in_flight) > self._latency * f:
+                meta = [self._in_flight.popleft() for _ in range(f)]
+            mix = float(self.controller.values["mix"])
+            if mix < 1.0:
+                out = blend(rgb_in, out, mix)
+            self.frames_rendered += len(batch)
+            self.metrics.count("processed", len(batch))
+            self.frames_out.put_many(
+                [FramePacket(out[j], *meta[min(j, len(meta) - 1)]) for j in range(out.shape[0])]
+            )
+            self._progress()
+        except Exception as exc:  # keep the show going: the publisher holds or falls back
+            self.render_errors += 1
+            self.metrics.count("render_errors")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            suppressed = self._error_log.hit()
+            if suppressed is not None:
+                more = f" ({suppressed} more since the last report)" if suppressed else ""
+                log.error("render failed (%d so far): %s%s", self.render_errors, self.last_error, more)
+                self._report(f"render failed: {self.last_error}{more}")
+            self._reset("render error")
+
+    def _nonfinite(self) -> None:
+        self.nonfinite_outputs += 1
+        self.metrics.count("nonfinite_outputs")
+        self.last_error = "non-finite output (NaN/inf)"
+        suppressed = self._nan_log.hit()
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            log.warning(
+                "render produced a non-finite output (%d so far): holding the last good frame, "
+                "stream reset%s", self.nonfinite_outputs, more,
+            )
+            self._report(f"non-finite output ({self.nonfinite_outputs} so far); stream reset{more}")
+        self._reset("non-finite output")
+
+    def _reset(self, reason: str) -> None:
+        self._drop_stream_state()
+        try:
+            self.engine.pipeline.reset()
+        except Exception:
+            log.exception("stream reset failed (%s)", reason)
+            return
+        self.resets += 1
+        self.metrics.count("stream_resets")
+        log.debug("stream reset: %s", reason)
+
+    def _drop_stream_state(self) -> None:
+        self._pending.clear()
+        self._in_flight.clear()
+
+    def _progress(self) -> None:
+        if self._on_progress is not None:
+            self._on_progress()
+
+    def _report(self, reason: str) -> None:
+        if self._on_error is not None:
+            try:
+                self._on_error(RENDER_ADDRESS, reason)
+            except Exception:
+                log.exception("reporting a render problem failed")
+
+
+def blend(dry: np.ndarray, wet: np.ndarray, mix: float) -> np.ndarray:
+    """Dry/wet mix of uint8 frames (cv2.addWeighted is the fastest path on the CPU)."""
+    import cv2
+
+    out = np.empty_like(wet)
+    for j in range(wet.shape[0]):
+        cv2.addWeighted(wet[j], mix, dry[j], 1.0 - mix, 0.0, dst=out[j])
+    return out
