@@ -9,6 +9,10 @@ after it entered, and equals the sequential ``n``-step result for that frame.
 Start-up: the buffer is primed by running the first input through the stream ``n - 1`` times, so
 the first outputs are that frame's real denoised result (never a decode of an empty buffer).
 
+With one step and ``self`` guidance, each frame slot's residual noise carries from call to call
+(``S = N[0] + Delta`` of the previous call), as the reference's ``stock_noise`` does; ``reset``
+starts it again from ``N[0]``.
+
 Everything is created in ``__init__``; live changes are explicit setters that keep the buffer.
 """
 
