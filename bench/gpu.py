@@ -533,6 +533,17 @@ def measure_startup(args: argparse.Namespace, variant: str, scenario: str, cache
     return out
 
 
+def _startup_phase(args: argparse.Namespace, variant: str, scenario: str, tmpdir: Path, t_start: float,
+                   deadline: float) -> dict[str, Any] | None:
+    if variant == "none":
+        return None
+    need = 2 * ESTIMATE_S.get(variant, 60) * (0.25 if args.arch == "tiny" else 1.0)
+    if time.perf_counter() - t_start + need > args.budget_s:
+        return {"variant": variant, "skipped": f"time budget: needs about {need:.0f} s"}
+    log.info("cold and warm start-up (%s) ...", variant)
+    return measure_startup(args, variant, scenario, tmpdir / "startup-cache", deadline - 2.0)
+
+
 def _targets(report: dict[str, Any], device: torch.device, args: argparse.Namespace) -> list[dict[str, Any]]:
     real = device.type == "cuda" and args.arch == "real" and args.size == 512
     out = []
@@ -632,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     fast = _default_fast_variant(variants, device)
     hitch_variant = fast if args.hitch_variant == "default" else args.hitch_variant
     startup_variant = (fast or "eager") if args.startup_variant == "default" else args.startup_variant
-    # most informative first: cheap variants of every scenario (and the ratios), then the slow-to-build ones
+    # most informative first: cheap variants of every scenario (and the ratios), the fast variant (with
+    # the prompt-change figure), the start-up figures, then the other slow-to-build ones
     cheap = [v for v in variants if v not in SLOW_VARIANTS]
-    slow = [v for v in variants if v in SLOW_VARIANTS]
+    slow_first = [v for v in variants if v in SLOW_VARIANTS and v == fast]
+    slow_rest = [v for v in variants if v in SLOW_VARIANTS and v != fast]
 
     def on_budget(signum: int, frame: Any) -> None:
         raise BudgetStop("SIGTERM" if signum == getattr(signal, "SIGTERM", None) else f"time budget of {args.budget_s:.0f} s")
@@ -649,7 +662,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
             tmpdir = Path(tmp)
             probes: dict[str, list[torch.Tensor]] = {}
-            for phase in (cheap, slow):
+            for phase in (cheap, slow_first, "startup", slow_rest):
+                if phase == "startup":
+                    report["startup"] = _startup_phase(args, startup_variant, scenarios[0], tmpdir, t_start, deadline)
+                    save()
+                    continue
                 for scen_name in scenarios:
                     scenario = SCENARIOS[scen_name]
                     todo = [v for v in phase if not any(r["scenario"] == scen_name and r["variant"] == v for r in results)]
@@ -718,16 +735,6 @@ def main(argv: list[str] | None = None) -> int:
                     gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-            if startup_variant != "none":
-                need = 2 * ESTIMATE_S.get(startup_variant, 60) * (0.25 if args.arch == "tiny" else 1.0)
-                if time.perf_counter() - t_start + need > args.budget_s:
-                    report["startup"] = {"variant": startup_variant,
-                                         "skipped": f"time budget: needs about {need:.0f} s"}
-                else:
-                    log.info("cold and warm start-up (%s) ...", startup_variant)
-                    report["startup"] = measure_startup(args, startup_variant, scenarios[0], tmpdir / "startup-cache",
-                                                        deadline - 2.0)
-                save()
     except BudgetStop as stop:
         report["stopped"] = f"stopped early: {stop}"
         log.warning("stopped early (%s); writing what was measured", stop)
