@@ -16,7 +16,9 @@
 #
 # Knobs: OUT, PYTHON (default python3), GPU_CHECK_SITE (default /tmp/site), GPU_CHECK_ARCH
 # (default sd-turbo), GPU_CHECK_SECONDS (default 20), GPU_CHECK_ACCEL (default: the daemon's),
-# GPU_CHECK_VARIANTS (bench variants), GPU_CHECK_TOTAL_S (default 470: the bench gets what is left).
+# GPU_CHECK_VARIANTS (bench variants), GPU_CHECK_BENCH_ARGS (more bench arguments),
+# GPU_CHECK_TESTS (pytest targets instead of the CUDA tests), GPU_CHECK_TOTAL_S (default 470: the
+# bench gets what is left).
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -94,7 +96,10 @@ export PY
 step machine 60 bash -c machine
 
 # 3. tests
-if [ "$DEVICE" = "cpu" ]; then
+if [ -n "${GPU_CHECK_TESTS:-}" ]; then
+  # shellcheck disable=SC2086  # a list of pytest targets
+  step tests 240 "$PY" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS} --junitxml "$OUT/tests.xml"
+elif [ "$DEVICE" = "cpu" ]; then
   step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/accel/test_gpu.py --junitxml "$OUT/tests.xml"
 else
   step tests 200 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests --junitxml "$OUT/tests.xml"
@@ -104,7 +109,7 @@ fi
 ACCEL_ARGS=()
 if [ -n "${GPU_CHECK_ACCEL:-}" ]; then ACCEL_ARGS=(--acceleration "$GPU_CHECK_ACCEL"); fi
 if [ "$QUICK" = "1" ]; then
-  step doctor 180 "$PY" -m bridge doctor --gpu --arch tiny --device "$DEVICE" --seconds 4 \
+  step doctor 180 "$PY" -m bridge doctor --gpu --arch tiny --device "$DEVICE" --seconds "${GPU_CHECK_SECONDS:-4}" \
     --json "$OUT/doctor.json" "${ACCEL_ARGS[@]}"
 else
   step doctor 200 "$PY" -m bridge doctor --gpu --arch "${GPU_CHECK_ARCH:-sd-turbo}" --device "$DEVICE" \
@@ -125,7 +130,9 @@ if [ "$BUDGET" -lt 45 ]; then
   FAILED+=("bench (no time left)")
 else
   # the bench stops itself at its budget and writes what it has; the timeout is a backstop
-  step bench $(( BUDGET + 40 )) "$PY" bench/gpu.py "${BENCH_ARGS[@]}" --budget-s "$BUDGET" --out "$OUT/gpu_bench.json"
+  # shellcheck disable=SC2086  # extra arguments, split on spaces
+  step bench $(( BUDGET + 40 )) "$PY" bench/gpu.py "${BENCH_ARGS[@]}" --budget-s "$BUDGET" \
+    --out "$OUT/gpu_bench.json" ${GPU_CHECK_BENCH_ARGS:-}
 fi
 
 echo "=== gpu-check: $(( $(date +%s) - START )) s; logs and JSON in $OUT"
