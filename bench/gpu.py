@@ -228,9 +228,10 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_ours(variant: str, components: Any, scenario: dict[str, Any], frames_in: list[torch.Tensor], pos: torch.Tensor,
              size: int, timing: dict[str, int], cache_dir: Path, *, reference: list[torch.Tensor] | None = None,
-             hitch_s: float = 0.0) -> dict[str, Any]:
+             hitch_s: float = 0.0, partial: dict[str, Any] | None = None) -> dict[str, Any]:
     """One of our variants; ``reference``: eager's probe outputs (PSNR is reported against them).
-    Returns the figures plus ``probe`` (this variant's first outputs, on the CPU)."""
+    Returns the figures plus ``probe`` (this variant's first outputs, on the CPU). ``partial``
+    receives the figures as soon as they are measured (a budget stop keeps them)."""
     from stream_core.accel import build_runner
     from stream_core.pipeline import StreamPipeline, StreamSettings
     from stream_core.runner import TorchRunner
@@ -269,6 +270,8 @@ def run_ours(variant: str, components: Any, scenario: dict[str, Any], frames_in:
         res["unet_calls_per_frame"] = calls  # one stream-batched call of batch n
     if reference is not None and variant != "eager":
         res["psnr_vs_eager_db"] = round(min(psnr_db(a, b) for a, b in zip(probe, reference, strict=True)), 2)
+    if partial is not None:
+        partial.update(res)
     if hitch_s > 0:
         res["prompt_hitch"] = measure_prompt_hitch(pipe, components, frames_in, hitch_s)
     res["probe"] = probe
@@ -700,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
                                 else:
                                     res = run_ours(variant, components, scenario, frames_in, pos, args.size, timing,
                                                    tmpdir / "engines", reference=probes.get(scen_name),
-                                                   hitch_s=hitch_s if variant == hitch_variant else 0.0)
+                                                   hitch_s=hitch_s if variant == hitch_variant else 0.0,
+                                                   partial=row)
                                     probe = res.pop("probe")
                                     if variant == "eager":
                                         probes[scen_name] = probe
@@ -738,8 +742,11 @@ def main(argv: list[str] | None = None) -> int:
     except BudgetStop as stop:
         report["stopped"] = f"stopped early: {stop}"
         log.warning("stopped early (%s); writing what was measured", stop)
-        if row is not None:
-            row["skipped"] = f"stopped: {stop}"
+        if row is not None:  # the variant in progress: keep what it measured
+            if "fps" in row:
+                row["stopped"] = f"stopped during its later figures: {stop}"
+            else:
+                row["skipped"] = f"stopped: {stop}"
             results.append(row)
     finally:
         if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():

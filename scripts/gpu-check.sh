@@ -102,7 +102,8 @@ if [ -n "${GPU_CHECK_TESTS:-}" ]; then
 elif [ "$DEVICE" = "cpu" ]; then
   step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/accel/test_gpu.py --junitxml "$OUT/tests.xml"
 else
-  step tests 200 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests --junitxml "$OUT/tests.xml"
+  step tests 200 "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests \
+    --junitxml "$OUT/tests.xml"
 fi
 
 # 4. the self-test: the daemon path end to end

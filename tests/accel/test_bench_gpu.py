@@ -153,6 +153,8 @@ def test_sigterm_stops_cleanly_and_keeps_what_was_measured(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["stopped"] == "stopped early: SIGTERM"
-    stopped = [r for r in report["results"] if r.get("skipped", "").startswith("stopped")]
+    stopped = [r for r in report["results"] if r.get("stopped") or r.get("skipped", "").startswith("stopped")]
     assert stopped and stopped[0]["variant"] == "eager"
+    if stopped[0].get("stopped"):  # stopped in its prompt-change phase: the fps measured before it stays
+        assert stopped[0]["fps"] > 0 and "prompt_hitch" not in stopped[0]
     assert "stopped early: SIGTERM" in stdout and "JSON:" in stdout
