@@ -293,6 +293,9 @@ def run_selftest(opts: SelfTestOptions) -> SelfTestResult:
 
     capture = _LogCapture()
     root = logging.getLogger()
+    root_level = root.level
+    if root_level > logging.WARNING:  # a quiet CLI must not hide the run's errors from the check
+        root.setLevel(logging.WARNING)
     root.addHandler(capture)
     thread_errors: list[str] = []
     old_hook = threading.excepthook
@@ -315,6 +318,7 @@ def run_selftest(opts: SelfTestOptions) -> SelfTestResult:
         else:
             fig["peak_vram_gib"] = None
         root.removeHandler(capture)
+        root.setLevel(root_level)
         threading.excepthook = old_hook
 
     result.log_lines = capture.lines() + thread_errors
@@ -467,10 +471,14 @@ def format_report(result: SelfTestResult) -> str:
         f"preset recall with a {val('transition_s', '{:.1f}', ' s')} transition",
     ]
     if result.log_lines:
-        lines.append(f"  log lines (WARNING and above): {len(result.log_lines)}")
-        lines += [f"    {x}" for x in result.log_lines[:50]]
-        if len(result.log_lines) > 50:
-            lines.append(f"    ... and {len(result.log_lines) - 50} more")
+        counts: dict[str, int] = {}
+        for x in result.log_lines:  # the same line repeated (a failing tick every frame) shows once
+            counts[x] = counts.get(x, 0) + 1
+        lines.append(f"  log lines (WARNING and above): {len(result.log_lines)}, {len(counts)} different")
+        shown = list(counts.items())[:50]
+        lines += [f"    {x}" + (f"  [x{n}]" if n > 1 else "") for x, n in shown]
+        if len(counts) > len(shown):
+            lines.append(f"    ... and {len(counts) - len(shown)} more different lines")
     for e in result.osc_errors[:20]:
         lines.append(f"  /sd/error {e}")
     for failure in result.failures:

@@ -8,6 +8,7 @@ a transition (what the CUDA morph crash did on the first GPU run).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -56,7 +57,13 @@ def test_a_failing_tick_during_the_recall_with_transition_makes_it_fail(monkeypa
         real_tick(self, now)
 
     monkeypatch.setattr(LiveController, "tick", tick)
-    result = run_selftest(SelfTestOptions(arch="tiny", device="cpu", seconds=3.0, min_fps=1e6))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # a quiet logging set-up must not hide the errors from the check
+    try:
+        result = run_selftest(SelfTestOptions(arch="tiny", device="cpu", seconds=3.0, min_fps=1e6))
+    finally:
+        root.setLevel(level)
     text = format_report(result)
     assert not result.passed and text.rstrip().endswith("FAIL")
     assert any("same device" in line and "traceback" in line for line in result.log_lines), result.log_lines
@@ -64,6 +71,7 @@ def test_a_failing_tick_during_the_recall_with_transition_makes_it_fail(monkeypa
     assert any("selftest-b" in f and "did not finish" in f for f in result.failures), result.failures
     assert any("under --min-fps" in f for f in result.failures)
     assert "same device" in text and f"/sd/guidance {PRESET_B['guidance']}" in text
+    assert "[x" in text  # the repeated line is shown once, with its count
 
 
 def test_no_cuda_is_a_clear_failure_not_a_crash():
