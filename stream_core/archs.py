@@ -63,13 +63,20 @@ def build_random_components(arch: str, device: torch.device | str, dtype: torch.
     unet_cfg, text_cfg = ARCHS[arch]
     write_tiny_tokenizer(Path(tokenizer_dir))
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    import diffusers.utils.logging as dlog
+
     torch.manual_seed(seed)
-    with torch.device(device):
-        unet = UNet2DConditionModel(**unet_cfg)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-        vae = AutoencoderTiny()
-    for m in (unet, text_encoder, vae):
-        m.to(dtype=dtype).eval().requires_grad_(False)
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # its note on casting with .to() concerns loading, not random weights
+    try:
+        with torch.device(device):
+            unet = UNet2DConditionModel(**unet_cfg)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+            vae = AutoencoderTiny()
+        for m in (unet, text_encoder, vae):
+            m.to(dtype=dtype).eval().requires_grad_(False)
+    finally:
+        dlog.set_verbosity(level)
     scheduler = LCMScheduler.from_config(SCHEDULER_CONFIG)
     # no "model"/"vae" source here: engine caches then key these weights by a hash of their values
     info = {
