@@ -33,11 +33,14 @@ START=$(date +%s)
 FAILED=()
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 
-# step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log (and the tail to stdout)
+# step NAME SECONDS CMD...: run with a timeout (never past the whole check's time), log to
+# $OUT/NAME.log (and the tail to stdout)
 step() {
-  local name=$1 limit=$2 rc t0
+  local name=$1 limit=$2 rc t0 left
   shift 2
   t0=$(date +%s)
+  left=$(( TOTAL_S - (t0 - START) ))
+  if [ "$left" -lt "$limit" ]; then limit=$(( left > 10 ? left : 10 )); fi
   echo "=== $name (limit ${limit} s): $*"
   timeout --signal=TERM --kill-after=20 "$limit" "$@" >"$OUT/$name.log" 2>&1
   rc=$?
