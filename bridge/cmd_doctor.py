@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("self-test (--gpu)")
     g.add_argument("--arch", choices=("sd-turbo", "sd15", "tiny"), default="sd-turbo",
                    help="sd-turbo (SD 2.1 U-Net), sd15, or tiny (the test model, for a CPU check)")
-    g.add_argument("--device", default=None, help="cuda (default when a GPU is visible), cuda:N, mps or cpu")
+    g.add_argument("--device", default=None,
+                   help="cuda, cuda:N, mps or cpu (default: the GPU; cpu only for --arch tiny)")
     g.add_argument("--seconds", type=float, default=20.0, help="how long the daemon runs under OSC (default 20)")
     g.add_argument("--min-fps", type=float, default=None,
                    help="fail under this processed rate (default 24 on a GPU, 1 on the CPU)")
@@ -140,7 +141,14 @@ def run_gpu_selftest(args: argparse.Namespace) -> int:
     if device is None:
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from stream_core.models import mps_available
+
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif mps_available():
+            device = "mps"
+        else:  # a real architecture on the CPU takes many minutes: say so instead (tiny is the CPU check)
+            device = "cpu" if args.arch == "tiny" else "cuda"
     if args.seconds <= 0:
         from bridge.cli import CliError
 

@@ -280,7 +280,8 @@ def run_selftest(opts: SelfTestOptions) -> SelfTestResult:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             result.failures.append("--device cuda, but torch sees no CUDA GPU "
-                                   f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+                                   f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                                   "a CPU check of the daemon path: --arch tiny --device cpu")
             return result
         fig["gpu"] = torch.cuda.get_device_name(device)
         fig["cuda"] = torch.version.cuda
