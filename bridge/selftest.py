@@ -169,6 +169,34 @@ class _Client:
         self.sock.close()
 
 
+def tensors_off_device(obj: Any, device: Any, prefix: str) -> list[str]:
+    """Names of the tensors ``obj`` holds (attributes, and one level of dicts, lists and
+    dataclasses in them) that are not on ``device``: the pipeline's and the live controller's state
+    should all live on the pipeline's device."""
+    import dataclasses
+
+    import torch
+
+    device = torch.device(device)
+
+    def same(t: torch.Tensor) -> bool:
+        return t.device.type == device.type and (device.index is None or t.device.index in (None, device.index))
+
+    bad = []
+    for name, value in list(vars(obj).items()):
+        items: list[tuple[str, Any]] = [(name, value)]
+        if isinstance(value, dict):
+            items = [(f"{name}[{k!r}]", v) for k, v in list(value.items())]
+        elif isinstance(value, (list, tuple)):
+            items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            items = [(f"{name}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
+        for label, v in items:
+            if isinstance(v, torch.Tensor) and not same(v):
+                bad.append(f"{prefix}.{label} on {v.device}")
+    return bad
+
+
 # ---------------------------------------------------------------------------- the test
 def _near(x: Any, y: float) -> bool:
     return isinstance(x, (int, float)) and math.isclose(float(x), y, abs_tol=1e-4)
@@ -418,6 +446,12 @@ def _run_in(opts: SelfTestOptions, tmpdir: Path, device: Any, dtype_name: str, s
             except Exception as exc:
                 log.exception("stopping the daemon failed")
                 result.failures.append(f"stopping the daemon failed: {exc}")
+            if daemon.engine is not None:  # threads joined: the state can be read now
+                pipe = daemon.engine.pipeline
+                off = tensors_off_device(pipe, pipe.device, "pipeline")
+                if daemon.controller is not None:
+                    off += tensors_off_device(daemon.controller, pipe.device, "controller")
+                fig["tensors_off_device"] = off
         if client is not None:
             client.close()
         if fb is not None:
@@ -468,6 +502,8 @@ def format_report(result: SelfTestResult) -> str:
         f"  output            {val('output_fps', '{:.1f}', ' fps')} (target {val('output_fps_target', '{:g}')})",
         f"  latency           p50 {val('latency_p50_ms', '{:.1f}', ' ms')}, p95 {val('latency_p95_ms', '{:.1f}', ' ms')}",
         f"  peak VRAM         {val('peak_vram_gib', '{:.2f}', ' GiB')}",
+        f"  tensors elsewhere {', '.join(f['tensors_off_device']) or 'none'} (off the pipeline's device)"
+        if f.get("tensors_off_device") is not None else "  tensors elsewhere -",
         f"  OSC               {val('osc_messages_sent')} messages sent over {val('window_s', '{:.1f}', ' s')}, "
         f"preset recall with a {val('transition_s', '{:.1f}', ' s')} transition",
     ]

@@ -40,6 +40,7 @@ def test_doctor_gpu_runs_the_daemon_path_and_passes(tmp_path):
     assert fig["latency_p50_ms"] > 0 and fig["latency_p95_ms"] >= fig["latency_p50_ms"]
     assert fig["startup_s"] > 0 and fig["osc_messages_sent"] > 20
     assert fig["acceleration"]["configured"] and fig["acceleration"]["runner"]
+    assert fig["tensors_off_device"] == [] and "tensors elsewhere none" in proc.stdout
     # the preset recall with a transition ran and ended (the daemon logged the morph)
     assert "selftest-b: morphing over" in proc.stderr and "selftest-b: morph done" in proc.stderr
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from bridge.selftest import tensors_off_device
 from stream_core.accel import build_runner
 from stream_core.runner import TorchRunner
 from tests.accel.conftest import SIZE
@@ -83,29 +84,6 @@ DEVICES = [
 A_PROMPT, B_PROMPT, X_PROMPT = "a quiet blue room", "a neon city at night", "molten gold"
 
 
-def _tensors_off_device(obj, device: torch.device, prefix: str) -> list[str]:
-    """Names of every tensor held by ``obj`` (attributes, one level of dicts/lists/dataclasses) that
-    is not on ``device``."""
-    import dataclasses
-
-    def dev_ok(t: torch.Tensor) -> bool:
-        return t.device.type == device.type and (device.index is None or t.device.index in (None, device.index))
-
-    bad = []
-    for name, value in vars(obj).items():
-        items: list[tuple[str, object]] = [(name, value)]
-        if isinstance(value, dict):
-            items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
-        elif isinstance(value, (list, tuple)):
-            items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            items = [(f"{name}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
-        for label, v in items:
-            if isinstance(v, torch.Tensor) and not dev_ok(v):
-                bad.append(f"{prefix}.{label} on {v.device}")
-    return bad
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_live_control_on_the_device(tiny_model_dir, tmp_path, device):
     """A pipeline on ``device`` driven by the LiveController as the render loop does: a preset
@@ -172,7 +150,7 @@ def test_live_control_on_the_device(tiny_model_dir, tmp_path, device):
         assert ctrl.values["prompt_mix"] == pytest.approx(0.9) and ctrl.values["seed_mix"] == pytest.approx(0.75)
         assert errors == []
         dev = torch.device(device)
-        off = _tensors_off_device(pipe, dev, "pipeline") + _tensors_off_device(ctrl, dev, "controller")
+        off = tensors_off_device(pipe, dev, "pipeline") + tensors_off_device(ctrl, dev, "controller")
         assert off == [], off
     finally:
         ctrl.close()
@@ -181,14 +159,14 @@ def test_live_control_on_the_device(tiny_model_dir, tmp_path, device):
 
 
 def test_the_device_check_finds_a_tensor_elsewhere():
-    """_tensors_off_device itself: a meta tensor in a dict of a CPU object is named."""
+    """tensors_off_device itself: a meta tensor in a dict of a CPU object is named."""
 
     class Holder:
         def __init__(self) -> None:
             self.ok = torch.zeros(2)
             self.cache = {5: torch.zeros(2, device="meta")}
 
-    assert _tensors_off_device(Holder(), torch.device("cpu"), "h") == ["h.cache[5] on meta"]
+    assert tensors_off_device(Holder(), torch.device("cpu"), "h") == ["h.cache[5] on meta"]
 
 
 @pytest.mark.cuda
