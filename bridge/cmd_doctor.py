@@ -1,17 +1,49 @@
-"""``streambridge doctor``: what this machine can run, with versions and what to install."""
+"""``streambridge doctor``: what this machine can run, with versions and what to install.
+
+``streambridge doctor --gpu`` adds the GPU self-test (:mod:`bridge.selftest`): the real
+architecture with random weights through the whole daemon path for ``--seconds``, driven over OSC,
+with PASS/FAIL and exit code 0/1."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.metadata as md
+import json
 import platform
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check Python, torch, GPU, TensorRT, NDI/Spout/Syphon")
+    p = sub.add_parser("doctor", help="check Python, torch, GPU, TensorRT, NDI/Spout/Syphon; --gpu: self-test")
+    p.add_argument("--gpu", action="store_true",
+                   help="also run the self-test: the real model architecture (random weights, nothing downloaded) "
+                        "through the daemon for --seconds with OSC changes and a preset recall; PASS/FAIL")
+    g = p.add_argument_group("self-test (--gpu)")
+    g.add_argument("--arch", choices=("sd-turbo", "sd15", "tiny"), default="sd-turbo",
+                   help="sd-turbo (SD 2.1 U-Net), sd15, or tiny (the test model, for a CPU check)")
+    g.add_argument("--device", default=None,
+                   help="cuda, cuda:N, mps or cpu (default: the GPU; cpu only for --arch tiny)")
+    g.add_argument("--seconds", type=float, default=20.0, help="how long the daemon runs under OSC (default 20)")
+    g.add_argument("--min-fps", type=float, default=None,
+                   help="fail under this processed rate (default 24 on a GPU, 1 on the CPU)")
+    g.add_argument("--size", type=int, default=None, help="square pipeline size (default 512; tiny: 64)")
+    g.add_argument("--steps", type=_parse_steps, default=None, help="t_index_list, e.g. 32,45 (default: the daemon's)")
+    g.add_argument("--cfg", choices=("none", "full", "self", "initialize"), default=None)
+    g.add_argument("--acceleration", default=None, help="as in the config (default: the daemon's default)")
+    g.add_argument("--cache-dir", default=None, help="engine/compile cache folder (default: the daemon's)")
+    g.add_argument("--allow-build", action="store_true", help="build missing engines at start-up")
+    g.add_argument("--source-fps", type=float, default=240.0, help="pattern source rate (default 240: full speed)")
+    g.add_argument("--output-fps", type=float, default=60.0, help="publish rate (default 60)")
+    g.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON here")
     p.set_defaults(func=run_doctor)
+
+
+def _parse_steps(text: str) -> tuple[int, ...]:
+    from bridge.cmd_render import parse_steps
+
+    return parse_steps(text)
 
 
 def _version(dist: str) -> str | None:
@@ -95,4 +127,41 @@ def checks() -> list[tuple[bool | None, str, str]]:
 def run_doctor(args: argparse.Namespace) -> int:
     results = checks()
     sys.stdout.write("\n".join(_line(*r) for r in results) + "\n")
-    return 1 if any(ok is False for ok, _, _ in results) else 0
+    code = 1 if any(ok is False for ok, _, _ in results) else 0
+    if getattr(args, "gpu", False):
+        sys.stdout.flush()
+        code = max(code, run_gpu_selftest(args))
+    return code
+
+
+def run_gpu_selftest(args: argparse.Namespace) -> int:
+    from bridge.selftest import SelfTestOptions, format_report, run_selftest
+
+    device = args.device
+    if device is None:
+        import torch
+
+        from stream_core.models import mps_available
+
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif mps_available():
+            device = "mps"
+        else:  # a real architecture on the CPU takes many minutes: say so instead (tiny is the CPU check)
+            device = "cpu" if args.arch == "tiny" else "cuda"
+    if args.seconds <= 0:
+        from bridge.cli import CliError
+
+        raise CliError(f"--seconds should be > 0 but is {args.seconds}")
+    opts = SelfTestOptions(
+        arch=args.arch, device=device, seconds=args.seconds, min_fps=args.min_fps, size=args.size,
+        steps=list(args.steps) if args.steps else None, cfg=args.cfg, acceleration=args.acceleration,
+        cache_dir=args.cache_dir, allow_build=args.allow_build, source_fps=args.source_fps,
+        output_fps=args.output_fps,
+    )
+    result = run_selftest(opts)
+    sys.stdout.write(format_report(result) + "\n")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.as_dict(), indent=1, default=str), encoding="utf-8")
+    return 0 if result.passed else 1

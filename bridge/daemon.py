@@ -46,6 +46,9 @@ class DaemonOptions:
     osc: bool = True
     presets: bool = True
     prewarm_timeout: float = 0.0  # wait this long for preset pre-warm before going live
+    # model components built by the caller (e.g. random weights for `doctor --gpu`) instead of
+    # loading cfg.model; they must live on cfg.model's device
+    components: Any = None
 
 
 class Daemon:
@@ -100,7 +103,7 @@ class Daemon:
             loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
         )
         try:
-            components = load_components(spec)
+            components = self.options.components if self.options.components is not None else load_components(spec)
         except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         steps = tuple(p.steps)
