@@ -108,30 +108,40 @@ class Daemon:
             smoothing=params.smoothing,
             denoising_batch=p.denoising_batch,
         )
-        runner = None
-        if p.acceleration != "none":
-            try:
-                from stream_core.accel import build_runner
-            except ImportError as exc:
-                raise StartupError(f"acceleration {p.acceleration!r} is not available: {exc}") from None
-            from stream_core.pipeline import StreamPipeline
-
-            batch = StreamPipeline.batch_for(p.cfg, len(steps), p.frame_buffer)
-            try:
-                runner = build_runner(
-                    components, p.acceleration, batch=batch, width=p.size[0], height=p.size[1],
-                    frame_buffer_size=p.frame_buffer, steps=len(steps), cfg_type=p.cfg,
-                    cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
-                    allow_build=p.allow_build,
-                )
-            except Exception as exc:
-                raise StartupError(f"acceleration {p.acceleration!r}: {exc}") from None
-        self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner)
+        runner, choice = self._build_runner(components, len(steps))
+        self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner,
+                                   acceleration_info=choice.as_dict())
         log.info(
             "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
             p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],
             components.info["device"], self.engine.pipeline.latency_frames,
         )
+
+    def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
+        """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
+        from stream_core.accel import AccelOptions, build_runner, choose_acceleration
+        from stream_core.accel.engines import StreamShape
+        from stream_core.pipeline import StreamPipeline
+
+        p = self.cfg.pipeline
+        cache_dir = Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir()
+        batch = StreamPipeline.batch_for(p.cfg, n_steps, p.frame_buffer)
+        shape = StreamShape(p.size[0], p.size[1], batch, p.frame_buffer, n_steps, p.cfg)
+        choice = choose_acceleration(components, p.acceleration, shape=shape, cache_dir=cache_dir,
+                                     allow_build=p.allow_build, denoising_batch=p.denoising_batch)
+        log.info("%s", choice.summary())
+        if choice.backend == "none":
+            return None, choice
+        try:
+            runner = build_runner(
+                components, choice.backend, batch=batch, width=p.size[0], height=p.size[1],
+                frame_buffer_size=p.frame_buffer, steps=n_steps, cfg_type=p.cfg, cache_dir=cache_dir,
+                allow_build=p.allow_build, options=AccelOptions(compile_mode=choice.compile_mode),
+            )
+        except Exception as exc:
+            via = " (chosen by acceleration: auto)" if choice.requested == "auto" else ""
+            raise StartupError(f"acceleration {choice.label!r}{via}: {exc}") from None
+        return runner, choice
 
     def _cold(self) -> ColdSettings:
         p, m = self.cfg.pipeline, self.cfg.model
@@ -339,7 +349,8 @@ class Daemon:
                     out = rgb_in
                     in_flight.clear()
                 else:
-                    out = engine.process(rgb_in)
+                    mix = float(values["mix"])
+                    out = engine.process(rgb_in, mix=mix)  # the dry/wet mix happens on the device
                     if engine.pipeline.last_skipped:
                         self.metrics.count("skipped")
                         continue
@@ -348,9 +359,6 @@ class Daemon:
                     in_flight.extend(meta)
                     if len(in_flight) > latency * f:
                         meta = [in_flight.popleft() for _ in range(f)]
-                    mix = float(values["mix"])
-                    if mix < 1.0:
-                        out = _blend(rgb_in, out, mix)
                 self.frames_rendered += len(batch)
                 self.metrics.count("processed", len(batch))
                 self.frames_out.put_many([FramePacket(out[j], *meta[min(j, len(meta) - 1)])
@@ -435,6 +443,8 @@ class Daemon:
             out.update(showing=pub.showing, output_fps_target=round(pub.fps, 2),
                        phase_offset_ms=None if offset is None else round(1000 * offset, 2), sinks=pub.sink_stats())
         out.update(frames_rendered=self.frames_rendered, render_errors=self.render_errors)
+        if self.engine is not None:
+            out["acceleration"] = self.engine.acceleration_info
         if self.controller is not None:
             out["params"] = self.controller.snapshot()
         return out
