@@ -119,29 +119,19 @@ class Daemon:
 
     def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
         """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
-        from stream_core.accel import AccelOptions, build_runner, choose_acceleration
-        from stream_core.accel.engines import StreamShape
-        from stream_core.pipeline import StreamPipeline
+        from stream_core.accel.auto import runner_for
+        from stream_core.accel.errors import AccelError
 
         p = self.cfg.pipeline
-        cache_dir = Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir()
-        batch = StreamPipeline.batch_for(p.cfg, n_steps, p.frame_buffer)
-        shape = StreamShape(p.size[0], p.size[1], batch, p.frame_buffer, n_steps, p.cfg)
-        choice = choose_acceleration(components, p.acceleration, shape=shape, cache_dir=cache_dir,
-                                     allow_build=p.allow_build, denoising_batch=p.denoising_batch)
-        log.info("%s", choice.summary())
-        if choice.backend == "none":
-            return None, choice
         try:
-            runner = build_runner(
-                components, choice.backend, batch=batch, width=p.size[0], height=p.size[1],
-                frame_buffer_size=p.frame_buffer, steps=n_steps, cfg_type=p.cfg, cache_dir=cache_dir,
-                allow_build=p.allow_build, options=AccelOptions(compile_mode=choice.compile_mode),
+            return runner_for(
+                components, p.acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
+                frame_buffer=p.frame_buffer, cfg_type=p.cfg, allow_build=p.allow_build,
+                cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
+                denoising_batch=p.denoising_batch,
             )
-        except Exception as exc:
-            via = " (chosen by acceleration: auto)" if choice.requested == "auto" else ""
-            raise StartupError(f"acceleration {choice.label!r}{via}: {exc}") from None
-        return runner, choice
+        except AccelError as exc:
+            raise StartupError(str(exc)) from None
 
     def _cold(self) -> ColdSettings:
         p, m = self.cfg.pipeline, self.cfg.model

@@ -22,6 +22,7 @@ error; nothing falls back from it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -165,3 +166,34 @@ def machine_choice(device: str = "auto") -> AccelChoice:
         return AccelChoice(AUTO, "onnxruntime", "ONNX Runtime when its graphs for the configuration are cached or "
                            "allow_build is on, else eager", None, "cpu")
     return AccelChoice(AUTO, "none", "eager on the CPU (onnxruntime is not installed)", None, "cpu")
+
+
+def runner_for(components: Any, requested: str, *, width: int, height: int, steps: int, frame_buffer: int,
+               cfg_type: str, cache_dir: Path | str, allow_build: bool, denoising_batch: bool = True,
+               options: Any = None) -> tuple[Any, AccelChoice]:
+    """Resolve ``requested`` and build its runner: ``(runner or None for eager, choice)``.
+
+    What ``streambridge run`` and ``streambridge render`` both call, so they pick and fail alike.
+    The choice is logged at INFO. Any failure is an :class:`~stream_core.accel.errors.AccelError`
+    whose message starts with the backend (and says when ``auto`` chose it).
+    """
+    from stream_core.accel.engines import AccelOptions, StreamShape, build_runner, unet_batch
+    from stream_core.accel.errors import AccelError
+
+    batch = unet_batch(steps, frame_buffer, cfg_type)
+    shape = StreamShape(width, height, batch, frame_buffer, steps, cfg_type)
+    options = options or AccelOptions()
+    choice = choose_acceleration(components, requested, shape=shape, cache_dir=cache_dir, allow_build=allow_build,
+                                 denoising_batch=denoising_batch, options=options)
+    log.info("%s", choice.summary())
+    if choice.backend == "none":
+        return None, choice
+    try:
+        runner = build_runner(components, choice.backend, batch=batch, width=width, height=height,
+                              frame_buffer_size=frame_buffer, steps=steps, cfg_type=cfg_type, cache_dir=cache_dir,
+                              allow_build=allow_build,
+                              options=dataclasses.replace(options, compile_mode=choice.compile_mode))
+    except Exception as exc:
+        via = " (chosen by acceleration: auto)" if choice.requested == AUTO else ""
+        raise AccelError(f"acceleration {choice.label!r}{via}: {exc}") from exc
+    return runner, choice
