@@ -152,7 +152,8 @@ def test_every_compile_key_field_changes_the_key():
     base = _key()
     changed = dict(model="sha:b", vae="sha:w", loras=(("sha:l", 1.0),), width=640, height=384, batch=4, steps=4,
                    frame_buffer=2, cfg_type="full", dtype="bfloat16", torch="2.14.0", cuda="12.8",
-                   device="NVIDIA RTX 4090/sm89", compile_mode="max-autotune", cuda_graphs=False, channels_last=True)
+                   device="NVIDIA RTX 4090/sm89", compile_mode="max-autotune", cuda_graphs=False, channels_last=True,
+                   fp8=True)
     assert set(changed) == {f.name for f in dataclasses.fields(base)}  # every field is exercised
     digests = {base.digest()}
     for name, value in changed.items():
@@ -215,3 +216,30 @@ def test_inductor_cache_persists_in_the_key_folder_and_a_second_compile_hits_it(
         torch.testing.assert_close(torch.compile(fn)(x), ref)
     assert counters["inductor"]["fxgraph_cache_hit"] >= 1 and counters["inductor"]["fxgraph_cache_miss"] == 0
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------- FP8
+def test_fp8_is_refused_off_ada_and_hopper(tiny_components, tmp_path):
+    from stream_core.accel import AccelOptions, BackendUnavailableError, build_runner
+
+    with pytest.raises(BackendUnavailableError, match="compute capability 8.9"):
+        build_runner(tiny_components, "compile", batch=SHAPE.batch, width=SIZE, height=SIZE, steps=STEPS,
+                     cfg_type="self", cache_dir=tmp_path, allow_build=True, options=AccelOptions(fp8=True))
+
+
+def test_fp8_linears_stay_close_and_psnr_is_reported(tiny_components, embeds):
+    from stream_core.accel.fp8 import Fp8Linear, fp8_psnr, psnr
+    from stream_core.pipeline import StreamSettings
+
+    lin = torch.nn.Linear(32, 64)
+    x = torch.randn(3, 5, 32)
+    q = Fp8Linear(lin)
+    err = (q(x) - lin(x)).abs().max() / lin(x).abs().max()
+    assert 0 < err < 0.1  # e4m3 keeps 3 mantissa bits: close, not equal
+    assert psnr(x.clamp(-1, 1), x.clamp(-1, 1)) == float("inf")
+    before = {k: v.clone() for k, v in tiny_components.unet.state_dict().items()}
+    s = StreamSettings(width=SIZE, height=SIZE, t_index_list=(32, 45), cfg_type="self", seed=2)
+    r = fp8_psnr(tiny_components, s, prompt_embeds=embeds[0], frames=3, check_device=False)
+    assert r["layers"] > 0 and 10 < r["min_psnr_db"] <= r["psnr_db"] < float("inf")
+    after = tiny_components.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the loaded model is untouched
