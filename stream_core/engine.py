@@ -149,6 +149,7 @@ class StreamEngine:
         negative_prompt: str = "",
         runner: ModelRunner | None = None,
         acceleration_info: dict[str, Any] | None = None,
+        frame_graph: bool = False,
     ) -> None:
         self.components = components
         self.encoder = PromptEncoder(components.tokenizer, components.text_encoder)
@@ -169,6 +170,11 @@ class StreamEngine:
         self._down: list[tuple[torch.Tensor, torch.Tensor] | None] = [None, None]
         self._down_pending: list[PendingFrame | None] = [None, None]
         self._down_slot = 0
+        self._frame_graph: Any = None
+        if frame_graph:  # whole-frame CUDA graph (stream_core.accel.frame_graph), opt-in
+            from stream_core.accel.frame_graph import FrameGraph
+
+            self._frame_graph = FrameGraph(self.pipeline)
 
     def process(self, frames: np.ndarray | None, mix: float | None = None) -> np.ndarray:
         """Run one stream call. ``frames``: (f, H, W, 3) uint8, or None for txt2img.
@@ -193,9 +199,12 @@ class StreamEngine:
             if not self._cuda:
                 dry = dry.to(self.runner.device)
             images = unpack_rgb(dry, self.runner.dtype)
-        out = self.pipeline(images)
-        finite = torch.isfinite(out).all()
-        packed = pack_rgb(out)
+        if self._frame_graph is not None:
+            packed, finite = self._frame_graph(images)
+        else:
+            out = self.pipeline(images)
+            finite = torch.isfinite(out).all()
+            packed = pack_rgb(out)
         if mix is not None and mix < 1.0 and dry is not None:
             packed = mix_rgb(dry, packed, mix)
         return self._download(packed, finite)
