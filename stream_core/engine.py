@@ -171,10 +171,10 @@ class StreamEngine:
         self._down_pending: list[PendingFrame | None] = [None, None]
         self._down_slot = 0
         self._frame_graph: Any = None
-        if frame_graph:  # whole-frame CUDA graph (stream_core.accel.frame_graph), opt-in
+        if frame_graph:  # whole-frame CUDA graph (stream_core.accel.frame_graph), opt-in; CUDA only
             from stream_core.accel.frame_graph import FrameGraph
 
-            self._frame_graph = FrameGraph(self.pipeline)
+            self._frame_graph = FrameGraph(self.pipeline, capture=True)
 
     def process(self, frames: np.ndarray | None, mix: float | None = None) -> np.ndarray:
         """Run one stream call. ``frames``: (f, H, W, 3) uint8, or None for txt2img.

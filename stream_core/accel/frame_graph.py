@@ -35,10 +35,12 @@ def pipeline_tensors(pipeline: Any) -> dict[str, torch.Tensor]:
     return {k: v for k, v in vars(pipeline).items() if isinstance(v, torch.Tensor)}
 
 
+@torch.inference_mode()
 def snapshot(pipeline: Any) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in pipeline_tensors(pipeline).items()}
 
 
+@torch.inference_mode()
 def restore(pipeline: Any, saved: dict[str, torch.Tensor]) -> None:
     """Write ``saved`` back into the pipeline's tensors, in place (their addresses stay)."""
     for k, v in saved.items():

@@ -70,10 +70,10 @@ def test_refusals(tiny_components, embeds):
         FrameGraph(seq, capture=False)
 
 
-def test_engine_with_frame_graph_on_the_cpu_runs_eagerly(tiny_components):
+def test_engine_frame_graph_off_cuda_is_an_error_not_a_fallback(tiny_components):
     if torch.cuda.is_available():
         pytest.skip("on CUDA the engine captures; see the cuda test")
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(BackendUnavailableError, match="CUDA GPU"):
         StreamEngine(tiny_components, _settings(), "x", frame_graph=True)
 
 
