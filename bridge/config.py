@@ -60,7 +60,9 @@ class PipelineConfig(_Strict):
     acceleration: Acceleration = Field("auto", description="auto (what measured fastest on this device, see "
                                        "docs/acceleration.md) | none | compile | tensorrt | onnxruntime")
     engine_cache: str | None = Field(None, description="engine/ONNX cache folder (default ~/.cache/streambridge)")
-    allow_build: bool = Field(False, description="build missing engines at start-up (minutes)")
+    allow_build: bool = Field(False, description="build missing engines / compile missing inductor artefacts at "
+                              "start-up (a minute or more); off: a missing one is a start-up error naming "
+                              "`streambridge engines build`")
 
     @field_validator("size", mode="before")
     @classmethod
