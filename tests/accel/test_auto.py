@@ -213,8 +213,10 @@ def test_inductor_cache_persists_in_the_key_folder_and_a_second_compile_hits_it(
     torch._dynamo.reset()  # as a new process would: nothing compiled in memory
     counters.clear()
     with inductor_cache(folder):
-        torch.testing.assert_close(torch.compile(fn)(x), ref)
+        compiled = torch.compile(fn)
+        torch.testing.assert_close(compiled(x), ref)
     assert counters["inductor"]["fxgraph_cache_hit"] >= 1 and counters["inductor"]["fxgraph_cache_miss"] == 0
+    torch.testing.assert_close(compiled(x * 2), fn(x * 2))  # still runs after the folder is released
     torch._dynamo.reset()
 
 
