@@ -1,10 +1,10 @@
-"""channels_last vs the default (NCHW) memory layout: U-Net and TAESD calls, measured in one run.
+"""Memory layout and attention kernels: NCHW vs channels_last, sdpa vs math attention, in one run.
 
 Random-weight models from ``make_tiny_model`` (tiny at 64x64, small at 128x128), U-Net batch 2
 (2 steps, ``self`` guidance) and one frame through encode + decode, eager torch. The two layouts
-are timed in interleaved rounds (NCHW, channels_last, NCHW, ...) and the medians compared, so a
-noisy host affects both alike. Prints ms per call and the ratio; the ``compile`` backend's
-``channels_last`` default follows this measurement.
+and attention kernels are timed in interleaved rounds and the medians compared, so a noisy host
+affects all alike. Prints ms per call and the speed-up; the ``compile`` backend's
+``channels_last`` and ``attention`` defaults follow this measurement.
 
     .venv/bin/python bench/channels_last.py                   # CPU, ~1 min
     .venv/bin/python bench/channels_last.py --device cuda --dtype float16 --sizes small
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
 
+    from stream_core.accel.compiled import set_attention
     from stream_core.models import ModelSpec, load_components
     from stream_core.runner import TorchRunner
     from stream_core.tiny import make_tiny_model
@@ -58,7 +59,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     print(f"torch {torch.__version__}, {args.device} {args.dtype}, threads {torch.get_num_threads()}")
-    print(f"{'model':<6} {'call':<14} {'NCHW ms':>9} {'channels_last ms':>17} {'ratio':>7}")
+    print("model  call           variant ms (speed-up over NCHW with sdpa attention)")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             px = 64 if size == "tiny" else 128
@@ -67,6 +68,9 @@ def main() -> None:
             base = TorchRunner(comps.unet, comps.vae)
             cl = TorchRunner(copy.deepcopy(comps.unet).to(memory_format=torch.channels_last),
                              copy.deepcopy(comps.vae).to(memory_format=torch.channels_last))
+            math_unet = copy.deepcopy(comps.unet)
+            set_attention(math_unet, "math")
+            math = TorchRunner(math_unet, comps.vae)
             g = torch.Generator("cpu").manual_seed(0)
             dt = comps.dtype
             lat = torch.randn((2, 4, px // 8, px // 8), generator=g).to(dev, dt)
@@ -79,15 +83,19 @@ def main() -> None:
                 "vae enc+dec": (lambda r, img=img: lambda: r.decode(r.encode(img))),
             }
             for name, make in calls.items():
-                fa, fb = make(base), make(cl)
-                for f in (fa, fb):  # warm up
+                variants = {"NCHW sdpa": make(base), "channels_last": make(cl)}
+                if name.startswith("unet"):
+                    variants["math attention"] = make(math)
+                for f in variants.values():  # warm up
                     f()
-                a, b = [], []
+                times: dict[str, list[float]] = {k: [] for k in variants}
                 for _ in range(args.rounds):
-                    a.append(_time(fa, args.calls, sync))
-                    b.append(_time(fb, args.calls, sync))
-                ma, mb = statistics.median(a), statistics.median(b)
-                print(f"{size:<6} {name:<14} {ma:9.2f} {mb:17.2f} {ma / mb:6.2f}x")
+                    for k, f in variants.items():
+                        times[k].append(_time(f, args.calls, sync))
+                med = {k: statistics.median(v) for k, v in times.items()}
+                ref = med["NCHW sdpa"]
+                cells = "  ".join(f"{k} {m:.2f} ms ({ref / m:.2f}x)" for k, m in med.items())
+                print(f"{size:<6} {name:<14} {cells}")
 
 
 if __name__ == "__main__":

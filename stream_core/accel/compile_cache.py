@@ -71,6 +71,7 @@ class CompileKey:
     compile_mode: str
     cuda_graphs: bool
     channels_last: bool
+    attention: str = "sdpa"
     fp8: bool = False
 
     def fields(self) -> dict[str, Any]:
@@ -88,7 +89,8 @@ class CompileKey:
 
 
 def compile_key(identity: Any, shape: Any, *, dtype: torch.dtype, device: torch.device, compile_mode: str,
-                cuda_graphs: bool, channels_last: bool, fp8: bool = False) -> CompileKey:
+                cuda_graphs: bool, channels_last: bool, attention: str = "sdpa",
+                fp8: bool = False) -> CompileKey:
     """The key of one compiled runner: model identity (``cache.ModelIdentity``), LoRAs, shapes
     (``engines.StreamShape``), dtype, torch and CUDA versions, the GPU, compile mode and options."""
     return CompileKey(
@@ -96,7 +98,8 @@ def compile_key(identity: Any, shape: Any, *, dtype: torch.dtype, device: torch.
         height=shape.height, batch=shape.batch, steps=shape.steps, frame_buffer=shape.frame_buffer,
         cfg_type=shape.cfg_type, dtype=str(dtype).removeprefix("torch."), torch=torch.__version__,
         cuda=str(torch.version.cuda or "none"), device=device_identity(device), compile_mode=compile_mode,
-        cuda_graphs=bool(cuda_graphs), channels_last=bool(channels_last), fp8=bool(fp8),
+        cuda_graphs=bool(cuda_graphs), channels_last=bool(channels_last),
+        attention=attention, fp8=bool(fp8),
     )
 
 

@@ -33,6 +33,19 @@ COMPILE_MODES: dict[str, str | None] = {
 }
 
 
+#: U-Net attention kernels: ``sdpa`` (torch's fused scaled_dot_product_attention, diffusers'
+#: default) or ``math`` (the explicit softmax(QK^T)V of diffusers' classic processor)
+ATTENTIONS: tuple[str, ...] = ("sdpa", "math")
+
+
+def set_attention(unet: Any, attention: str) -> None:
+    """Give every attention layer of ``unet`` the processor for ``attention`` (see ATTENTIONS)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if hasattr(unet, "set_attn_processor"):
+        unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+
+
 class CudaGraphCall:
     """``fn(*tensors) -> tensor`` captured into a CUDA graph on first use (static shapes)."""
 
@@ -87,7 +100,10 @@ class CompiledRunner:
     """TorchRunner maths with CUDA graphs and/or torch.compile (see the module docstring)."""
 
     def __init__(self, unet: Any, vae: Any, *, compile_mode: str | None = None, cuda_graphs: bool | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, attention: str = "sdpa") -> None:
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention should be one of {', '.join(ATTENTIONS)} but is {attention!r}")
+        set_attention(unet, attention)
         if channels_last:
             # NHWC activations: convolutions pick their channels-last kernels (an option chosen by
             # measurement, see docs/acceleration.md); the maths is unchanged
@@ -113,8 +129,10 @@ class CompiledRunner:
         self.compile_mode = compile_mode
         self.cuda_graphs = cuda_graphs
         self.channels_last = channels_last
+        self.attention = attention
         self.artefacts: Any = None  # CompiledArtefacts when inductor's caches persist (set by build_runner)
-        self.info = {"compile_mode": compile_mode, "cuda_graphs": cuda_graphs, "channels_last": channels_last}
+        self.info = {"compile_mode": compile_mode, "cuda_graphs": cuda_graphs, "channels_last": channels_last,
+                     "attention": attention}
 
         unet_fn: Callable[..., torch.Tensor] = self._unet_eager
         enc_fn: Callable[..., torch.Tensor] = self._encode_eager

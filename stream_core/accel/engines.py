@@ -97,6 +97,7 @@ class AccelOptions:
     compile_mode: str | None = None  # graphs | inductor | max-autotune (None: graphs on CUDA, inductor on CPU)
     cuda_graphs: bool | None = None  # None: on for CUDA
     channels_last: bool = False  # compile backend: NHWC memory layout (off: measured slower on the CPU)
+    attention: str = "sdpa"  # compile backend: sdpa (fused) | math (see bench/channels_last.py)
     fp8: bool = False  # compile backend: FP8 U-Net linears (Ada/Hopper GPUs only; an error elsewhere)
     verify: bool = True  # check each new graph/engine against torch before caching it
 
@@ -477,7 +478,8 @@ def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions,
         unet = copy.deepcopy(unet)  # the loaded model stays as it is (prompt encoding, references)
         log.info("fp8: %d U-Net linear layers run in float8 e4m3", quantize_linears(unet))
     runner = CompiledRunner(unet, components.vae, compile_mode=options.compile_mode,
-                            cuda_graphs=options.cuda_graphs, channels_last=options.channels_last)
+                            cuda_graphs=options.cuda_graphs, channels_last=options.channels_last,
+                            attention=options.attention)
     runner.artefacts = None
     if COMPILE_MODES[runner.compile_mode] is None:  # CUDA graphs only: capture takes seconds, nothing on disk
         if warm_up:
@@ -487,7 +489,7 @@ def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions,
     cache = EngineCache(cache_dir)
     key = compile_key(identify(components, cache.memo()), shape, dtype=components.dtype, device=components.device,
                       compile_mode=runner.compile_mode, cuda_graphs=runner.cuda_graphs,
-                      channels_last=runner.channels_last, fp8=options.fp8)
+                      channels_last=runner.channels_last, attention=runner.attention, fp8=options.fp8)
     artefacts = CompiledArtefacts(cache.root, key)
     runner.artefacts = artefacts
     ready = artefacts.ready()
