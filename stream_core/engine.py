@@ -91,7 +91,8 @@ class _Uploader:
         buf.numpy()[...] = frames
         compute = torch.cuda.current_stream(self.device)
         assert self.stream is not None
-        self.stream.wait_stream(compute)  # the previous frame's users of device memory come first
+        # the copy reads only the pinned buffer (guarded by its event) and writes fresh device
+        # memory, so it need not wait for the compute stream: it overlaps the previous frame's work
         with torch.cuda.stream(self.stream):
             dev = buf.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
