@@ -340,7 +340,8 @@ class Daemon:
                     in_flight.clear()
                 else:
                     mix = float(values["mix"])
-                    out = engine.process(rgb_in, mix=mix)  # the dry/wet mix happens on the device
+                    # the dry/wet mix happens on the device, inside the engine
+                    out = engine.process(rgb_in, mix=mix) if mix < 1.0 else engine.process(rgb_in)
                     if engine.pipeline.last_skipped:
                         self.metrics.count("skipped")
                         continue
