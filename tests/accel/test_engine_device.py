@@ -96,3 +96,26 @@ def test_process_async_hands_over_a_pending_frame(engine):
     out = pending.result()
     assert out.shape == (1, SIZE, SIZE, 3) and out.dtype == np.uint8 and pending.finite is True
     assert engine.acceleration_info["backend"] == "none"
+
+
+@pytest.mark.skipif(not hasattr(__import__("stream_core.pipeline").pipeline.StreamPipeline, "denoise"),
+                    reason="needs the pipeline's device discipline (it runs on the meta device)")
+def test_upload_pack_mix_and_flag_stay_on_the_model_device(tiny_components):
+    """On the meta device any tensor made on the CPU by mistake fails or shows: everything between
+    the upload and the download (unpack, pipeline, finiteness, packing, mix) stays on the device."""
+    import copy
+    import types
+
+    meta = types.SimpleNamespace(tokenizer=tiny_components.tokenizer, scheduler=tiny_components.scheduler,
+                                 info=tiny_components.info, device=torch.device("meta"), dtype=torch.float32)
+    for name in ("unet", "vae", "text_encoder"):
+        setattr(meta, name, copy.deepcopy(getattr(tiny_components, name)).to("meta"))
+    s = StreamSettings(width=SIZE, height=SIZE, t_index_list=(32, 45), cfg_type="self", seed=2)
+    engine = StreamEngine(meta, s, "a city")
+    handed: list[tuple[torch.Tensor, torch.Tensor]] = []
+    engine._download = lambda packed, finite: handed.append((packed, finite))
+    engine.process_async(_frames(1), mix=0.5)
+    engine.process_async(_frames(2))
+    for packed, finite in handed:
+        assert packed.device.type == "meta" and packed.dtype == torch.uint8 and packed.shape == (1, SIZE, SIZE, 3)
+        assert finite.device.type == "meta" and finite.dtype == torch.bool
