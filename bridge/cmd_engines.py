@@ -1,7 +1,8 @@
 """``streambridge engines build | list | verify``: the engine cache, ahead of the show.
 
-* ``build`` exports (ONNX Runtime) or builds (TensorRT) every graph for one stream configuration
-  and verifies each against torch before it enters the cache. Exit 0 when all are ready.
+* ``build`` compiles (``compile``: inductor, into its persisted cache), exports (ONNX Runtime) or
+  builds (TensorRT) every graph for each stream shape the config and its presets reach, and
+  verifies each engine against torch before it enters the cache. Exit 0 when all are ready.
 * ``list`` shows what is cached, with the key fields that matter. Exit 0.
 * ``verify`` hash-checks every cached file; bad ones are moved to ``quarantine/``. Exit 0 when all
   are good (or the cache is empty), 1 when anything was quarantined.
@@ -17,6 +18,7 @@ import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ log = logging.getLogger("streambridge.engines")
 
 CFG_CHOICES = ("none", "full", "self", "initialize")
 COMPONENT_CHOICES = ("unet", "vae_enc", "vae_dec", "text")
+BACKEND_CHOICES = ("auto", "compile", "tensorrt", "onnxruntime")
 
 
 def register(subparsers: Any) -> None:
@@ -39,26 +42,32 @@ def register(subparsers: Any) -> None:
 
     build = actions.add_parser(
         "build",
-        help="build (TensorRT) or export+verify (onnxruntime) the engines for one configuration",
-        description="Build every engine one stream configuration needs, ahead of the show. The "
-        "shapes are static: size, steps, frame buffer and guidance mode must match the daemon's "
-        "settings. Exit 0 when all engines are ready.",
+        help="compile (inductor), build (TensorRT) or export+verify (onnxruntime) ahead of the show",
+        description="Build everything the daemon needs for every stream shape the config and the presets "
+        "can reach (size, steps, frame buffer, guidance mode), ahead of the show: a start-up then finds it "
+        "cached. The shapes are static. Exit 0 when all are ready.",
     )
+    build.add_argument("--config", default=None, help="daemon config: its model, pipeline shape, acceleration and "
+                       "presets folder are the defaults of the flags below")
+    build.add_argument("--presets", default=None, metavar="DIR",
+                       help="presets folder whose cold fields add shapes (default: the config's, if --config)")
     build.add_argument("--model", default=None, help="diffusers folder or hub id (default: stabilityai/sd-turbo)")
-    build.add_argument("--vae", default="taesd", help="taesd (default), full, or a VAE folder / hub id")
-    build.add_argument("--lcm-lora", default="auto", help="auto (default), none, or a LoRA folder / hub id")
+    build.add_argument("--vae", default=None, help="taesd (default), full, or a VAE folder / hub id")
+    build.add_argument("--lcm-lora", default=None, help="auto (default), none, or a LoRA folder / hub id")
     build.add_argument("--lora", action="append", default=[], metavar="SRC[:SCALE]",
                        help="a LoRA to fuse (repeatable), optionally with its scale")
-    build.add_argument("--size", default="512x512", help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
-    build.add_argument("--steps", type=int, default=2, help="denoising steps = len(t_index_list) (default 2)")
-    build.add_argument("--frame-buffer", type=int, default=1, help="frames per call (default 1)")
-    build.add_argument("--cfg", choices=CFG_CHOICES, default="self", help="guidance mode (default self)")
-    build.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default=None,
-                       help="default: tensorrt when a CUDA GPU is visible, else onnxruntime")
+    build.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
+    build.add_argument("--steps", type=int, default=None, help="denoising steps = len(t_index_list) (default 2)")
+    build.add_argument("--frame-buffer", type=int, default=None, help="frames per call (default 1)")
+    build.add_argument("--cfg", choices=CFG_CHOICES, default=None, help="guidance mode (default self)")
+    build.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                       help="auto (default): what acceleration auto runs here -- compile (inductor + CUDA graphs) "
+                       "on CUDA, onnxruntime on the CPU; or the config's explicit acceleration")
     build.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                       help="where to load the model (default: cuda for tensorrt, cpu for onnxruntime)")
+                       help="where to load the model (default: cuda for tensorrt and for compile when a GPU is "
+                       "visible, else cpu)")
     build.add_argument("--only", action="append", choices=COMPONENT_CHOICES, default=None,
-                       help="build only this component (repeatable; default all four)")
+                       help="build only this component (repeatable; default all four; engine backends only)")
     build.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                        help="ONNX exporter (default dynamo)")
     build.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (default 4)")
@@ -115,9 +124,82 @@ def _parse_lora(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
-def _build(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class BuildShape:
+    """One static stream shape to build for."""
+
+    width: int
+    height: int
+    steps: int
+    frame_buffer: int
+    cfg: str
+
+    def label(self) -> str:
+        return f"{self.width}x{self.height}, steps {self.steps}, frame buffer {self.frame_buffer}, cfg {self.cfg}"
+
+
+def enumerate_shapes(base: BuildShape, presets: list[tuple[str, Any]]) -> list[tuple[BuildShape, list[str]]]:
+    """Every distinct shape the base configuration and the presets' cold fields reach, in order of
+    first appearance, each with what reaches it (``config`` and preset names).
+
+    A preset's ``size``/``steps``/``frame_buffer``/``cfg`` replace the base's; a preset that sets
+    none of them runs at the base shape.
+    """
+    shapes: dict[BuildShape, list[str]] = {base: ["config"]}
+    for name, preset in presets:
+        wh = preset.size_wh()
+        shape = BuildShape(
+            width=wh[0] if wh else base.width, height=wh[1] if wh else base.height,
+            steps=preset.steps if preset.steps is not None else base.steps,
+            frame_buffer=preset.frame_buffer if preset.frame_buffer is not None else base.frame_buffer,
+            cfg=preset.cfg if preset.cfg is not None else base.cfg,
+        )
+        shapes.setdefault(shape, []).append(f"preset {name}")
+    return list(shapes.items())
+
+
+def _load_build_config(args: argparse.Namespace) -> Any:
+    if not args.config:
+        return None
+    from bridge.config import load_config
+    from bridge.yamlio import ConfigError
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(f"invalid configuration:\n{exc}") from None
+
+
+def _load_presets(folder: str | None) -> list[tuple[str, Any]]:
+    if not folder:
+        return []
+    from bridge.presets import PresetStore
+    from bridge.yamlio import ConfigError
+
+    try:
+        store = PresetStore(folder)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    for name, problem in store.errors().items():
+        log.warning("preset %s left out: %s", name, problem)
+    return store.items()
+
+
+def _resolve_backend(requested: str, device: str) -> tuple[str, str]:
+    """(backend, device) for ``--backend``/the config's acceleration and ``--device``."""
     import torch
 
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if requested == "auto":
+        requested = "compile" if cuda else "onnxruntime"
+    if requested == "none":
+        raise CliError("acceleration none runs eagerly: there is nothing to build")
+    if device == "auto":
+        device = "cuda" if requested == "tensorrt" or (requested == "compile" and cuda) else "cpu"
+    return requested, device
+
+
+def _build(args: argparse.Namespace) -> int:
     from stream_core.accel.engines import AccelOptions, StreamShape, build_engines
     from stream_core.accel.errors import AccelError
     from stream_core.models import (
@@ -129,41 +211,79 @@ def _build(args: argparse.Namespace) -> int:
         load_components,
     )
 
-    width, height = parse_size(args.size)
-    if args.steps < 1 or args.steps > 50:
-        raise CliError(f"--steps should be within 1..50, got {args.steps}")
-    if args.frame_buffer < 1:
-        raise CliError(f"--frame-buffer should be >= 1, got {args.frame_buffer}")
+    cfg = _load_build_config(args)
+    pc, mc = (cfg.pipeline, cfg.model) if cfg is not None else (None, None)
+    if args.size is not None:
+        width, height = parse_size(args.size)
+    else:
+        width, height = tuple(pc.size) if pc is not None else (512, 512)
+    steps = args.steps if args.steps is not None else (len(pc.steps) if pc is not None else 2)
+    frame_buffer = args.frame_buffer if args.frame_buffer is not None else (pc.frame_buffer if pc is not None else 1)
+    cfg_type = args.cfg or (pc.cfg if pc is not None else "self")
+    if steps < 1 or steps > 50:
+        raise CliError(f"--steps should be within 1..50, got {steps}")
+    if frame_buffer < 1:
+        raise CliError(f"--frame-buffer should be >= 1, got {frame_buffer}")
     if args.workspace_gb <= 0:
         raise CliError(f"--workspace-gb should be positive, got {args.workspace_gb}")
-    backend = args.backend or ("tensorrt" if torch.cuda.is_available() else "onnxruntime")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if backend == "tensorrt" else "cpu"
+    requested = args.backend or (pc.acceleration if pc is not None else "auto")
+    device = args.device if args.device != "auto" or mc is None or mc.device == "auto" else (
+        "cuda" if mc.device.startswith("cuda") else "cpu")
+    backend, device = _resolve_backend(requested, device)
     dtype = "float32" if device == "cpu" else "float16"
-    shape = StreamShape.for_stream(width, height, args.steps, args.frame_buffer, args.cfg)
+    if backend == "compile" and mc is not None and mc.dtype != "auto":
+        dtype = mc.dtype
     _check_backend(backend, device)  # before the (slow) model load
+    presets_dir = args.presets or (cfg.presets.folder if cfg is not None else None)
+    shapes = enumerate_shapes(BuildShape(width, height, steps, frame_buffer, cfg_type), _load_presets(presets_dir))
     cache = _cache_dir(args)
-    log.info("building %s engines for %dx%d, steps %d, frame buffer %d, cfg %s (U-Net batch %d) in %s",
-             backend, width, height, args.steps, args.frame_buffer, args.cfg, shape.batch, cache)
-    spec = ModelSpec(model=args.model or DEFAULT_MODEL, vae=args.vae, lcm_lora=args.lcm_lora,
-                     loras=tuple(LoraSpec(*_parse_lora(s)) for s in args.lora), device=device, dtype=dtype)
+    sys.stdout.write(f"{len(shapes)} shape(s) to build for {backend} on {device}:\n")
+    for shape, sources in shapes:
+        sys.stdout.write(f"  {shape.label()}  <- {', '.join(sources)}\n")
+    loras = tuple(LoraSpec(*_parse_lora(s)) for s in args.lora)
+    if not loras and mc is not None:
+        loras = tuple(LoraSpec(lo.source, lo.scale) for lo in mc.loras)
+    spec = ModelSpec(model=args.model or (mc.model if mc is not None else DEFAULT_MODEL),
+                     vae=args.vae or (mc.vae if mc is not None else "taesd"),
+                     lcm_lora=args.lcm_lora or (mc.lcm_lora if mc is not None else "auto"),
+                     loras=loras, device=device, dtype=dtype)
     try:
         components = load_components(spec)
     except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc), code=1) from None
-    options = AccelOptions(exporter=args.exporter, trt_workspace=int(args.workspace_gb * (1 << 30)))
+    options = AccelOptions(exporter=args.exporter, trt_workspace=int(args.workspace_gb * (1 << 30)),
+                           compile_mode="inductor" if requested == "auto" and backend == "compile" else None)
     t0 = time.perf_counter()
-    try:
-        done = build_engines(components, backend, shape, cache, which=tuple(args.only or COMPONENT_CHOICES),
-                             force=args.force, options=options)
-    except AccelError as exc:
-        raise CliError(str(exc), code=1) from None
-    for entry, built in done:
-        size_mb = sum(p.stat().st_size for p in entry.files) / 1e6
-        sys.stdout.write(f"{'built ' if built else 'cached'}  {entry.key.component:<8} {entry.main.name}  "
-                         f"{size_mb:8.1f} MB\n")
-    sys.stdout.write(f"{len(done)} engine(s) ready in {cache} ({time.perf_counter() - t0:.0f} s)\n")
+    count = 0
+    for shape_spec, _sources in shapes:
+        try:
+            shape = StreamShape.for_stream(shape_spec.width, shape_spec.height, shape_spec.steps,
+                                           shape_spec.frame_buffer, shape_spec.cfg)
+        except ValueError as exc:
+            raise CliError(f"{shape_spec.label()}: {exc}") from None
+        log.info("building %s for %s (U-Net batch %d) in %s", backend, shape_spec.label(), shape.batch, cache)
+        t1 = time.perf_counter()
+        try:
+            done = build_engines(components, backend, shape, cache, which=tuple(args.only or COMPONENT_CHOICES),
+                                 force=args.force, options=options)
+        except AccelError as exc:
+            raise CliError(str(exc), code=1) from None
+        if backend == "compile":
+            for art in done:
+                sys.stdout.write(f"compiled  {shape_spec.label()}  {art.folder.name}  "
+                                 f"({time.perf_counter() - t1:.0f} s)\n")
+                count += 1
+            if not done:
+                sys.stdout.write(f"graphs    {shape_spec.label()}  (CUDA graphs only: captured at start-up in "
+                                 "seconds, nothing to keep)\n")
+            continue
+        for entry, built in done:
+            size_mb = sum(p.stat().st_size for p in entry.files) / 1e6
+            sys.stdout.write(f"{'built ' if built else 'cached'}  {entry.key.component:<8} {entry.main.name}  "
+                             f"{size_mb:8.1f} MB\n")
+            count += 1
+    sys.stdout.write(f"{count} artefact(s) for {len(shapes)} shape(s) ready in {cache} "
+                     f"({time.perf_counter() - t0:.0f} s)\n")
     return 0
 
 
@@ -171,7 +291,12 @@ def _check_backend(backend: str, device: str) -> None:
     from stream_core.accel.errors import AccelError
 
     try:
-        if backend == "tensorrt":
+        if backend == "compile":
+            if device == "cuda":
+                from stream_core.accel.tensorrt_backend import require_cuda
+
+                require_cuda("acceleration 'compile' on cuda")
+        elif backend == "tensorrt":
             from stream_core.accel.tensorrt_backend import import_tensorrt, require_cuda
 
             import_tensorrt()

@@ -53,6 +53,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
 
 
+#: ``--acceleration`` choices of ``run`` and ``render`` (the config's ``pipeline.acceleration``)
+ACCELERATION_CHOICES: tuple[str, ...] = ("auto", "none", "compile", "tensorrt", "onnxruntime")
+ACCELERATION_HELP = ("auto (default: what measured fastest on this device), none, compile, tensorrt, onnxruntime "
+                     "(docs/acceleration.md)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="run a folder of images or a video file through the pipeline")
     p.add_argument("input", help="a folder of images (sorted by name) or a video file")
@@ -73,6 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-buffer", type=int, default=1, help="frames per stream call (default 1)")
     p.add_argument("--add-noise", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--resize", choices=["fit", "fill", "stretch"], default="fill")
+    p.add_argument("--acceleration", choices=ACCELERATION_CHOICES, default="auto", help=ACCELERATION_HELP)
+    p.add_argument("--allow-build", action="store_true",
+                   help="build missing engines / compiled artefacts now (otherwise a missing one is an error)")
+    p.add_argument("--cache", help="engine cache folder (default $STREAMBRIDGE_CACHE or ~/.cache/streambridge)")
     p.set_defaults(func=run_render)
 
 
@@ -157,7 +167,9 @@ def run_render(args: argparse.Namespace) -> int:
         components = load_components(spec)
     except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc), code=1) from None
-    engine = StreamEngine(components, settings, args.prompt, args.negative_prompt)
+    runner, choice = _runner(args, components, settings)
+    engine = StreamEngine(components, settings, args.prompt, args.negative_prompt, runner=runner,
+                          acceleration_info=choice.as_dict())
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,6 +214,22 @@ def run_render(args: argparse.Namespace) -> int:
         raise CliError(f"{src}: no frames were read", code=1)
     log.info("wrote %d frames to %s", written, out_dir)
     return 0
+
+
+def _runner(args: argparse.Namespace, components, settings):
+    """The same acceleration choice and errors as ``streambridge run`` (``stream_core.accel.auto``)."""
+    from stream_core.accel.auto import runner_for
+    from stream_core.accel.cache import default_cache_dir
+    from stream_core.accel.errors import AccelError
+
+    cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    try:
+        return runner_for(components, args.acceleration, width=settings.width, height=settings.height,
+                          steps=len(settings.t_index_list), frame_buffer=settings.frame_buffer_size,
+                          cfg_type=settings.cfg_type, cache_dir=cache, allow_build=args.allow_build,
+                          denoising_batch=settings.denoising_batch)
+    except AccelError as exc:
+        raise CliError(str(exc), code=1) from None
 
 
 def _batches(frames: Iterator[np.ndarray], f: int, resizer) -> Iterator[tuple[np.ndarray, int]]:

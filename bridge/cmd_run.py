@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from bridge.cli import CliError
-from bridge.cmd_render import add_model_args, parse_size, parse_steps
+from bridge.cmd_render import (
+    ACCELERATION_CHOICES,
+    ACCELERATION_HELP,
+    add_model_args,
+    parse_size,
+    parse_steps,
+)
 
 log = logging.getLogger("streambridge")
 
@@ -56,7 +62,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=parse_steps, help="t_index_list, e.g. 32,45")
     p.add_argument("--frame-buffer", type=int)
     p.add_argument("--cfg", choices=["none", "full", "self", "initialize"])
-    p.add_argument("--acceleration", choices=["none", "compile", "tensorrt", "onnxruntime"])
+    p.add_argument("--acceleration", choices=ACCELERATION_CHOICES, help=ACCELERATION_HELP)
     p.add_argument("--fps", type=float, help="output rate (default: the source's)")
     p.add_argument("--output-size", type=parse_size, help="scale the output to WxH")
     p.add_argument("--resize", choices=["fit", "fill", "stretch"])

@@ -16,7 +16,7 @@ from bridge.params import PARAMS
 from bridge.yamlio import ConfigError, read_yaml_file, validate
 
 CfgType = Literal["none", "full", "self", "initialize"]
-Acceleration = Literal["none", "compile", "tensorrt", "onnxruntime"]
+Acceleration = Literal["auto", "none", "compile", "tensorrt", "onnxruntime"]
 
 
 class _Strict(BaseModel):
@@ -57,9 +57,12 @@ class PipelineConfig(_Strict):
     add_noise: bool = True
     denoising_batch: bool = Field(True, description="stream batch (n-1 frames latency) or sequential")
     filter_max_skip: int = Field(10, ge=0, le=1000)
-    acceleration: Acceleration = "none"
+    acceleration: Acceleration = Field("auto", description="auto (what measured fastest on this device, see "
+                                       "docs/acceleration.md) | none | compile | tensorrt | onnxruntime")
     engine_cache: str | None = Field(None, description="engine/ONNX cache folder (default ~/.cache/streambridge)")
-    allow_build: bool = Field(False, description="build missing engines at start-up (minutes)")
+    allow_build: bool = Field(False, description="build missing engines / compile missing inductor artefacts at "
+                              "start-up (a minute or more); off: a missing one is a start-up error naming "
+                              "`streambridge engines build`")
 
     @field_validator("size", mode="before")
     @classmethod
@@ -175,7 +178,7 @@ class DaemonConfig(_Strict):
     def _cross_checks(self) -> DaemonConfig:
         if not self.sinks:
             raise ValueError("sinks: at least one sink is needed (use {type: null} to discard output)")
-        if self.pipeline.acceleration != "none" and not self.pipeline.denoising_batch:
+        if self.pipeline.acceleration not in ("none", "auto") and not self.pipeline.denoising_batch:
             raise ValueError(
                 f"pipeline.denoising_batch: false runs the U-Net at varying batch sizes, which the "
                 f"static-shape {self.pipeline.acceleration!r} engines cannot; use acceleration: none"

@@ -116,30 +116,30 @@ class Daemon:
             smoothing=params.smoothing,
             denoising_batch=p.denoising_batch,
         )
-        runner = None
-        if p.acceleration != "none":
-            try:
-                from stream_core.accel import build_runner
-            except ImportError as exc:
-                raise StartupError(f"acceleration {p.acceleration!r} is not available: {exc}") from None
-            from stream_core.pipeline import StreamPipeline
-
-            batch = StreamPipeline.batch_for(p.cfg, len(steps), p.frame_buffer)
-            try:
-                runner = build_runner(
-                    components, p.acceleration, batch=batch, width=p.size[0], height=p.size[1],
-                    frame_buffer_size=p.frame_buffer, steps=len(steps), cfg_type=p.cfg,
-                    cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
-                    allow_build=p.allow_build,
-                )
-            except Exception as exc:
-                raise StartupError(f"acceleration {p.acceleration!r}: {exc}") from None
-        self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner)
+        runner, choice = self._build_runner(components, len(steps))
+        self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner,
+                                   acceleration_info=choice.as_dict())
         log.info(
             "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
             p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],
             components.info["device"], self.engine.pipeline.latency_frames,
         )
+
+    def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
+        """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
+        from stream_core.accel.auto import runner_for
+        from stream_core.accel.errors import AccelError
+
+        p = self.cfg.pipeline
+        try:
+            return runner_for(
+                components, p.acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
+                frame_buffer=p.frame_buffer, cfg_type=p.cfg, allow_build=p.allow_build,
+                cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
+                denoising_batch=p.denoising_batch,
+            )
+        except AccelError as exc:
+            raise StartupError(str(exc)) from None
 
     def _cold(self) -> ColdSettings:
         p, m = self.cfg.pipeline, self.cfg.model
@@ -437,6 +437,8 @@ class Daemon:
             out.update(nonfinite_outputs=self.render.nonfinite_outputs, last_render_error=self.render.last_error)
         if pub is not None:
             out.update(render_detail=pub.render_detail, on_stall=pub.on_stall)
+        if self.engine is not None:
+            out["acceleration"] = self.engine.acceleration_info
         if self.controller is not None:
             out["params"] = self.controller.snapshot()
         return out

@@ -75,7 +75,7 @@ _WINDOWS_RESERVED = frozenset(
 )
 
 CfgType = Literal["none", "full", "self", "initialize"]
-AccelerationType = Literal["none", "compile", "tensorrt", "onnxruntime"]
+AccelerationType = Literal["auto", "none", "compile", "tensorrt", "onnxruntime"]
 
 
 def _hot(name: str) -> Any:
@@ -193,7 +193,7 @@ class Preset(BaseModel):
         default=None, description="classifier-free guidance mode: none|full|self|initialize (cold)"
     )
     acceleration: AccelerationType | None = Field(
-        default=None, description="none|compile|tensorrt|onnxruntime (cold)"
+        default=None, description="auto|none|compile|tensorrt|onnxruntime (cold)"
     )
 
     @field_validator("size", mode="before")

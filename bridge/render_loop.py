@@ -133,8 +133,10 @@ class RenderLoop:
         try:
             rgb_in = np.stack([pk.rgb for pk in batch])
             meta = [(pk.t_capture, pk.seq) for pk in batch]
-            out = engine.process(rgb_in)
-            if not getattr(engine, "output_finite", True):
+            mix = float(self.controller.values["mix"])
+            # the dry/wet mix happens on the device, inside the engine
+            out = engine.process(rgb_in, mix=mix) if mix < 1.0 else engine.process(rgb_in)
+            if getattr(engine, "output_finite", True) is False:
                 self._nonfinite()
                 return
             if engine.pipeline.last_skipped:
@@ -146,9 +148,6 @@ class RenderLoop:
             self._in_flight.extend(meta)
             if len(self._in_flight) > self._latency * f:
                 meta = [self._in_flight.popleft() for _ in range(f)]
-            mix = float(self.controller.values["mix"])
-            if mix < 1.0:
-                out = blend(rgb_in, out, mix)
             self.frames_rendered += len(batch)
             self.metrics.count("processed", len(batch))
             self.frames_out.put_many(
@@ -205,13 +204,3 @@ class RenderLoop:
                 self._on_error(RENDER_ADDRESS, reason)
             except Exception:
                 log.exception("reporting a render problem failed")
-
-
-def blend(dry: np.ndarray, wet: np.ndarray, mix: float) -> np.ndarray:
-    """Dry/wet mix of uint8 frames (cv2.addWeighted is the fastest path on the CPU)."""
-    import cv2
-
-    out = np.empty_like(wet)
-    for j in range(wet.shape[0]):
-        cv2.addWeighted(wet[j], mix, dry[j], 1.0 - mix, 0.0, dst=out[j])
-    return out

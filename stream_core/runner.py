@@ -12,6 +12,27 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 
+def vae_scaling_factor(vae: Any) -> float:
+    """The VAE's latent scaling factor (1.0 for TAESD / ``AutoencoderTiny``, 0.18215 for SD1.5's KL VAE)."""
+    return float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+
+
+def vae_encode(vae: Any, images: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """``images (F,3,H,W) in [-1,1] -> latents * scaling_factor``.
+
+    The one VAE encode every backend uses (eager, compiled, the ONNX/TensorRT export graphs):
+    TAESD returns ``.latents``; a KL VAE the mode of its latent distribution (deterministic).
+    """
+    out = vae.encode(images)
+    lat = out.latents if hasattr(out, "latents") else out.latent_dist.mode()
+    return lat * scaling_factor
+
+
+def vae_decode(vae: Any, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """``scaled latents -> images in [-1, 1]`` (not clamped: the pipeline clamps). See :func:`vae_encode`."""
+    return vae.decode(latents / scaling_factor, return_dict=False)[0]
+
+
 @runtime_checkable
 class ModelRunner(Protocol):
     """What the pipeline needs from the networks.
@@ -45,7 +66,7 @@ class TorchRunner:
         param = next(unet.parameters())
         self.device = param.device
         self.dtype = param.dtype
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        self.scaling_factor = vae_scaling_factor(vae)
 
     @torch.inference_mode()
     def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -53,16 +74,11 @@ class TorchRunner:
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.vae.encode(images)
-        if hasattr(out, "latents"):
-            lat = out.latents
-        else:
-            lat = out.latent_dist.mode()
-        return lat * self.scaling_factor
+        return vae_encode(self.vae, images, self.scaling_factor)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
+        return vae_decode(self.vae, latents, self.scaling_factor)
 
 
 class CountingRunner:

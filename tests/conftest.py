@@ -14,6 +14,15 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_engine_cache(tmp_path_factory):
+    """Tests never read or write the user's engine cache: acceleration ``auto`` (the default)
+    looks for cached engines there."""
+    if "STREAMBRIDGE_CACHE" not in os.environ:
+        os.environ["STREAMBRIDGE_CACHE"] = str(tmp_path_factory.mktemp("streambridge-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from stream_core.tiny import make_tiny_model

@@ -2,6 +2,8 @@
 
 ``acceleration``:
 
+* ``auto`` — the default: what measured fastest on this device (:mod:`stream_core.accel.auto`),
+  resolved by :func:`choose_acceleration` before ``build_runner`` is called.
 * ``none`` — eager PyTorch (:class:`stream_core.runner.TorchRunner`).
 * ``compile`` — CUDA graphs of the U-Net and TAESD calls on CUDA, optionally over torch.compile;
   torch.compile (inductor) on the CPU.
@@ -21,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, for type checkers and IDEs
+    from stream_core.accel.auto import AccelChoice, choose_acceleration, machine_choice
     from stream_core.accel.cache import (
         CachedEngine,
         EngineCache,
@@ -30,6 +33,12 @@ if TYPE_CHECKING:  # the names below, for type checkers and IDEs
         ModelIdentity,
         default_cache_dir,
         identify,
+    )
+    from stream_core.accel.compile_cache import (
+        CompiledArtefacts,
+        CompileKey,
+        compile_key,
+        inductor_cache,
     )
     from stream_core.accel.engines import (
         ACCELERATIONS,
@@ -50,6 +59,13 @@ if TYPE_CHECKING:  # the names below, for type checkers and IDEs
     )
 
 _EXPORTS: dict[str, str] = {
+    "AccelChoice": "auto",
+    "choose_acceleration": "auto",
+    "machine_choice": "auto",
+    "CompiledArtefacts": "compile_cache",
+    "CompileKey": "compile_cache",
+    "compile_key": "compile_cache",
+    "inductor_cache": "compile_cache",
     "CachedEngine": "cache",
     "EngineCache": "cache",
     "EngineKey": "cache",
@@ -75,10 +91,13 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "ACCELERATIONS",
+    "AccelChoice",
     "AccelError",
     "AccelOptions",
     "BackendUnavailableError",
     "CachedEngine",
+    "CompileKey",
+    "CompiledArtefacts",
     "EngineBuildError",
     "EngineCache",
     "EngineKey",
@@ -91,9 +110,13 @@ __all__ = [
     "build_engines",
     "build_runner",
     "build_text_encoder",
+    "choose_acceleration",
+    "compile_key",
     "default_cache_dir",
     "engine_key",
     "identify",
+    "inductor_cache",
+    "machine_choice",
     "unet_batch",
 ]
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from stream_core.accel.errors import BackendUnavailableError
-from stream_core.runner import TorchRunner
+from stream_core.runner import TorchRunner, vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,19 @@ COMPILE_MODES: dict[str, str | None] = {
     "inductor": "default",
     "max-autotune": "max-autotune-no-cudagraphs",
 }
+
+
+#: U-Net attention kernels: ``sdpa`` (torch's fused scaled_dot_product_attention, diffusers'
+#: default) or ``math`` (the explicit softmax(QK^T)V of diffusers' classic processor)
+ATTENTIONS: tuple[str, ...] = ("sdpa", "math")
+
+
+def set_attention(unet: Any, attention: str) -> None:
+    """Give every attention layer of ``unet`` the processor for ``attention`` (see ATTENTIONS)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if hasattr(unet, "set_attn_processor"):
+        unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
 
 
 class CudaGraphCall:
@@ -86,7 +99,16 @@ class CudaGraphCall:
 class CompiledRunner:
     """TorchRunner maths with CUDA graphs and/or torch.compile (see the module docstring)."""
 
-    def __init__(self, unet: Any, vae: Any, *, compile_mode: str | None = None, cuda_graphs: bool | None = None) -> None:
+    def __init__(self, unet: Any, vae: Any, *, compile_mode: str | None = None, cuda_graphs: bool | None = None,
+                 channels_last: bool = False, attention: str = "sdpa") -> None:
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention should be one of {', '.join(ATTENTIONS)} but is {attention!r}")
+        set_attention(unet, attention)
+        if channels_last:
+            # NHWC activations: convolutions pick their channels-last kernels (an option chosen by
+            # measurement, see docs/acceleration.md); the maths is unchanged
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
         self.base = TorchRunner(unet, vae)
         self.device = self.base.device
         self.dtype = self.base.dtype
@@ -106,7 +128,11 @@ class CompiledRunner:
             raise ValueError("compile_mode 'graphs' without CUDA graphs would change nothing; pick inductor")
         self.compile_mode = compile_mode
         self.cuda_graphs = cuda_graphs
-        self.info = {"compile_mode": compile_mode, "cuda_graphs": cuda_graphs}
+        self.channels_last = channels_last
+        self.attention = attention
+        self.artefacts: Any = None  # CompiledArtefacts when inductor's caches persist (set by build_runner)
+        self.info = {"compile_mode": compile_mode, "cuda_graphs": cuda_graphs, "channels_last": channels_last,
+                     "attention": attention}
 
         unet_fn: Callable[..., torch.Tensor] = self._unet_eager
         enc_fn: Callable[..., torch.Tensor] = self._encode_eager
@@ -130,12 +156,10 @@ class CompiledRunner:
         return self.base.unet_model(latents, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
 
     def _encode_eager(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.base.vae.encode(images)
-        lat = out.latents if hasattr(out, "latents") else out.latent_dist.mode()
-        return lat * self.base.scaling_factor
+        return vae_encode(self.base.vae, images, self.base.scaling_factor)
 
     def _decode_eager(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.base.vae.decode(latents / self.base.scaling_factor, return_dict=False)[0]
+        return vae_decode(self.base.vae, latents, self.base.scaling_factor)
 
     @torch.inference_mode()
     def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -157,12 +181,21 @@ class CompiledRunner:
         :class:`BackendUnavailableError` naming the cause.
         """
         t0 = time.perf_counter()
+        what = "compiling" if COMPILE_MODES[self.compile_mode] is not None else "capturing"
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("unet", lambda: self.unet(latents, timesteps, text_embeds)),
+            ("vae_enc", lambda: self.encode(images)),
+            ("vae_dec", lambda: self.decode(self.base.encode(images))),
+        ]
         try:
-            self.unet(latents, timesteps, text_embeds)
-            z = self.encode(images)
-            self.decode(z)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            for i, (name, call) in enumerate(steps, 1):
+                t1 = time.perf_counter()
+                log.info("%s %s (%d/%d) ...", what, name, i, len(steps))
+                call()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                log.info("%s ready in %.1f s (%.1f s elapsed)", name, time.perf_counter() - t1,
+                         time.perf_counter() - t0)
         except BackendUnavailableError:
             raise
         except Exception as exc:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ACCELERATIONS: tuple[str, ...] = ("none", "compile", "tensorrt", "onnxruntime")
 ENGINE_BACKENDS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+BUILD_BACKENDS: tuple[str, ...] = ("compile", "tensorrt", "onnxruntime")
 CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
 RUNNER_COMPONENTS: tuple[str, ...] = ("unet", "vae_enc", "vae_dec")
 
@@ -95,6 +96,9 @@ class AccelOptions:
     trt_optimization_level: int | None = None
     compile_mode: str | None = None  # graphs | inductor | max-autotune (None: graphs on CUDA, inductor on CPU)
     cuda_graphs: bool | None = None  # None: on for CUDA
+    channels_last: bool = False  # compile backend: NHWC memory layout (off: measured slower on the CPU)
+    attention: str = "sdpa"  # compile backend: sdpa (fused) | math (see bench/channels_last.py)
+    fp8: bool = False  # compile backend: FP8 U-Net linears (Ada/Hopper GPUs only; an error elsewhere)
     verify: bool = True  # check each new graph/engine against torch before caching it
 
 
@@ -196,8 +200,11 @@ def build_command(components: Any, backend: str, shape: StreamShape, cache_dir: 
         cmd.append(f"--lcm-lora {info.get('lcm_lora') or 'none'}")
         for src, scale in info.get("loras") or ():
             cmd.append(f"--lora {src}:{scale:g}")
-    if backend == "onnxruntime" and getattr(components, "device", torch.device("cpu")).type == "cuda":
+    device_type = getattr(components, "device", torch.device("cpu")).type
+    if backend == "onnxruntime" and device_type == "cuda":
         cmd.append("--device cuda")
+    if backend == "compile":
+        cmd.append(f"--device {device_type}")
     cmd.append(f"--size {shape.width}x{shape.height}")
     if shape.steps is not None:
         cmd.append(f"--steps {shape.steps}")
@@ -317,9 +324,18 @@ def build_engines(
     which: Sequence[str] = COMPONENTS,
     force: bool = False,
     options: AccelOptions | None = None,
-) -> list[tuple[CachedEngine, bool]]:
-    """Make sure every component in ``which`` has a verified engine (build what is missing)."""
+) -> list[Any]:
+    """Make sure every component in ``which`` has a verified engine (build what is missing).
+
+    Engine backends return ``(CachedEngine, built)`` per component; ``compile`` compiles the
+    runner into its persisted inductor cache and returns its ``CompiledArtefacts`` (nothing for
+    ``graphs`` mode, which keeps nothing on disk).
+    """
     options = options or AccelOptions()
+    if backend == "compile":
+        runner = _compiled_runner(components, shape, options, warm_up=True, cache_dir=Path(cache_dir),
+                                  allow_build=True)
+        return [runner.artefacts] if getattr(runner, "artefacts", None) is not None else []
     cache = EngineCache(cache_dir)
     target = _target(backend, components, options)
     identity = identify(components, cache.memo())
@@ -365,7 +381,7 @@ def build_runner(
     if acceleration == "none":
         return TorchRunner(components.unet, components.vae)
     if acceleration == "compile":
-        return _compiled_runner(components, shape, options, warm_up)
+        return _compiled_runner(components, shape, options, warm_up, cache_dir=Path(cache_dir), allow_build=allow_build)
 
     cache = EngineCache(cache_dir)
     target = _target(acceleration, components, options)
@@ -441,12 +457,62 @@ def _warm(runner: Any, components: Any, shape: StreamShape, dtype: torch.dtype) 
         torch.cuda.synchronize(components.device)
 
 
-def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions, warm_up: bool) -> ModelRunner:
-    from stream_core.accel.compiled import CompiledRunner
+def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions, warm_up: bool, *,
+                     cache_dir: Path, allow_build: bool) -> ModelRunner:
+    """A CompiledRunner; with inductor its artefacts persist per key under ``<cache>/inductor/``.
 
-    runner = CompiledRunner(components.unet, components.vae, compile_mode=options.compile_mode,
-                            cuda_graphs=options.cuda_graphs)
-    if warm_up:
-        latents, timesteps, text, images = _examples(components, shape, components.dtype)
-        runner.warm_up(latents, timesteps, text, images)
+    A missing artefact (no ready marker for this exact key) with ``allow_build=False`` raises
+    :class:`EngineMissingError` naming ``streambridge engines build``: nothing compiles at a show
+    unless the config allows it.
+    """
+    from stream_core.accel.compile_cache import CompiledArtefacts, compile_key, inductor_cache
+    from stream_core.accel.compiled import COMPILE_MODES, CompiledRunner
+
+    unet = components.unet
+    if options.fp8:
+        import copy
+
+        from stream_core.accel.fp8 import quantize_linears, require_fp8
+
+        require_fp8(components.device)
+        unet = copy.deepcopy(unet)  # the loaded model stays as it is (prompt encoding, references)
+        log.info("fp8: %d U-Net linear layers run in float8 e4m3", quantize_linears(unet))
+    runner = CompiledRunner(unet, components.vae, compile_mode=options.compile_mode,
+                            cuda_graphs=options.cuda_graphs, channels_last=options.channels_last,
+                            attention=options.attention)
+    runner.artefacts = None
+    if COMPILE_MODES[runner.compile_mode] is None:  # CUDA graphs only: capture takes seconds, nothing on disk
+        if warm_up:
+            latents, timesteps, text, images = _examples(components, shape, components.dtype)
+            runner.warm_up(latents, timesteps, text, images)
+        return runner
+    cache = EngineCache(cache_dir)
+    key = compile_key(identify(components, cache.memo()), shape, dtype=components.dtype, device=components.device,
+                      compile_mode=runner.compile_mode, cuda_graphs=runner.cuda_graphs,
+                      channels_last=runner.channels_last, attention=runner.attention, fp8=options.fp8)
+    artefacts = CompiledArtefacts(cache.root, key)
+    runner.artefacts = artefacts
+    ready = artefacts.ready()
+    runner.info.update(cache=str(artefacts.folder), cached=ready)
+    if not ready and not allow_build:
+        raise EngineMissingError(
+            f"no compiled artefacts ({runner.compile_mode}) for this configuration in {artefacts.folder.parent} "
+            f"(key {key.stem}); compiling takes about a minute, so it is not done at start-up unless allowed. "
+            f"Build them ahead of the show with: {build_command(components, 'compile', shape, cache.root)} "
+            "(or set pipeline.allow_build: true to compile at start-up)"
+        )
+    if not warm_up:
+        return runner
+    artefacts.prepare()
+    log.info("%s compiled artefacts for %s in %s", "using cached" if ready else "compiling (first start for this key)",
+             _describe_shape(shape), artefacts.folder)
+    latents, timesteps, text, images = _examples(components, shape, components.dtype)
+    with inductor_cache(artefacts.folder):
+        seconds = runner.warm_up(latents, timesteps, text, images)
+    artefacts.mark_ready(seconds)
     return runner
+
+
+def _describe_shape(shape: StreamShape) -> str:
+    extra = f", steps {shape.steps}, cfg {shape.cfg_type}" if shape.steps is not None else ""
+    return f"{shape.width}x{shape.height}, U-Net batch {shape.batch}, frame buffer {shape.frame_buffer}{extra}"

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from stream_core.accel.errors import EngineBuildError, EngineVerifyError, missing_package
+from stream_core.runner import vae_decode, vae_encode, vae_scaling_factor
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ def exporter_tag(exporter: str) -> str:
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter should be one of {', '.join(EXPORTERS)} but is {exporter!r}")
     return f"{exporter}-op{OPSET}-torch{torch.__version__.split('+')[0]}"
-
-
-def vae_scaling_factor(vae: Any) -> float:
-    return float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
 
 
 class UNetGraph(torch.nn.Module):
@@ -85,9 +82,7 @@ class VaeEncoderGraph(torch.nn.Module):
         self.scale = vae_scaling_factor(vae)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.vae.encode(images)
-        lat = out.latents if hasattr(out, "latents") else out.latent_dist.mode()
-        return lat * self.scale
+        return vae_encode(self.vae, images, self.scale)
 
 
 class VaeDecoderGraph(torch.nn.Module):
@@ -99,7 +94,7 @@ class VaeDecoderGraph(torch.nn.Module):
         self.scale = vae_scaling_factor(vae)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scale, return_dict=False)[0]
+        return vae_decode(self.vae, latents, self.scale)
 
 
 class TextEncoderGraph(torch.nn.Module):
