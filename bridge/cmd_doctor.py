@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cfg", choices=("none", "full", "self", "initialize"), default=None)
     g.add_argument("--acceleration", default=None, help="as in the config (default: the daemon's default)")
     g.add_argument("--cache-dir", default=None, help="engine/compile cache folder (default: the daemon's)")
-    g.add_argument("--allow-build", action="store_true", help="build missing engines at start-up")
+    g.add_argument("--allow-build", action="store_true", default=None,
+                   help="build any missing engine at start-up (default: only auto's compile on a GPU)")
     g.add_argument("--source-fps", type=float, default=240.0, help="pattern source rate (default 240: full speed)")
     g.add_argument("--output-fps", type=float, default=60.0, help="publish rate (default 60)")
     g.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON here")

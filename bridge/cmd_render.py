@@ -80,8 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--add-noise", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--resize", choices=["fit", "fill", "stretch"], default="fill")
     p.add_argument("--acceleration", choices=ACCELERATION_CHOICES, default="auto", help=ACCELERATION_HELP)
-    p.add_argument("--allow-build", action="store_true",
-                   help="build missing engines / compiled artefacts now (otherwise a missing one is an error)")
+    p.add_argument("--allow-build", action="store_true", default=None,
+                   help="build any missing engine now (default: only auto's inductor compile on a GPU; "
+                        "a missing engine is otherwise an error)")
     p.add_argument("--cache", help="engine cache folder (default $STREAMBRIDGE_CACHE or ~/.cache/streambridge)")
     p.set_defaults(func=run_render)
 

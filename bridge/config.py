@@ -60,9 +60,11 @@ class PipelineConfig(_Strict):
     acceleration: Acceleration = Field("auto", description="auto (what measured fastest on this device, see "
                                        "docs/acceleration.md) | none | compile | tensorrt | onnxruntime")
     engine_cache: str | None = Field(None, description="engine/ONNX cache folder (default ~/.cache/streambridge)")
-    allow_build: bool = Field(False, description="build missing engines / compile missing inductor artefacts at "
-                              "start-up (a minute or more); off: a missing one is a start-up error naming "
-                              "`streambridge engines build`")
+    allow_build: bool | None = Field(
+        None, description="build missing engines / compile missing inductor artefacts at start-up. Unset: "
+        "`auto` on an NVIDIA GPU compiles once at the first start (with progress; cached for the next starts), "
+        "nothing else builds; true: any missing engine is built at start-up; false: nothing is ever built at "
+        "start-up, a missing one is a start-up error naming `streambridge engines build`")
 
     @field_validator("size", mode="before")
     @classmethod

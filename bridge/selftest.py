@@ -49,7 +49,7 @@ class SelfTestOptions:
     cfg: str | None = None
     acceleration: str | None = None  # None: the daemon's default
     cache_dir: str | None = None
-    allow_build: bool = False
+    allow_build: bool | None = None
     source_fps: float = 240.0
     output_fps: float = 60.0
     startup_timeout: float = 600.0

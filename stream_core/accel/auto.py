@@ -5,8 +5,10 @@ The rules, from the figures in BENCHMARKS.md / docs/acceleration.md:
 * **CUDA**: TensorRT when verified engines for this exact configuration are already cached (and
   TensorRT imports); otherwise ``compile`` in mode ``inductor`` with CUDA graphs (H200, sd-turbo
   1 step: eager 31 fps, CUDA graphs 79, inductor + graphs 145). Its compiled artefacts persist per
-  key in the cache; a missing one with ``allow_build`` off is a start-up error naming
-  ``streambridge engines build`` (nothing compiles for a minute at a show unless allowed).
+  key in the cache. With ``allow_build`` unset the first start compiles them (with progress; a
+  minute or so) and every later start reuses them; with ``allow_build: false`` a missing one is a
+  start-up error naming ``streambridge engines build``. Nothing ever compiles mid-show: the shapes
+  are static and fixed at start-up.
 * **MPS**: eager (``none``): TensorRT, CUDA graphs and the ONNX Runtime CUDA provider do not exist
   there and no compiled MPS path has been measured faster.
 * **CPU**: ``onnxruntime`` when it is installed and the exported graphs for this configuration are
@@ -169,11 +171,13 @@ def machine_choice(device: str = "auto") -> AccelChoice:
 
 
 def runner_for(components: Any, requested: str, *, width: int, height: int, steps: int, frame_buffer: int,
-               cfg_type: str, cache_dir: Path | str, allow_build: bool, denoising_batch: bool = True,
+               cfg_type: str, cache_dir: Path | str, allow_build: bool | None, denoising_batch: bool = True,
                options: Any = None) -> tuple[Any, AccelChoice]:
     """Resolve ``requested`` and build its runner: ``(runner or None for eager, choice)``.
 
     What ``streambridge run`` and ``streambridge render`` both call, so they pick and fail alike.
+    ``allow_build`` None (unset) lets ``auto``'s inductor compile happen at this start-up and builds
+    nothing else; True / False allow / forbid every build at start-up.
     The choice is logged at INFO. Any failure is an :class:`~stream_core.accel.errors.AccelError`
     whose message starts with the backend (and says when ``auto`` chose it).
     """
@@ -183,9 +187,11 @@ def runner_for(components: Any, requested: str, *, width: int, height: int, step
     batch = unet_batch(steps, frame_buffer, cfg_type)
     shape = StreamShape(width, height, batch, frame_buffer, steps, cfg_type)
     options = options or AccelOptions()
-    choice = choose_acceleration(components, requested, shape=shape, cache_dir=cache_dir, allow_build=allow_build,
-                                 denoising_batch=denoising_batch, options=options)
+    choice = choose_acceleration(components, requested, shape=shape, cache_dir=cache_dir,
+                                 allow_build=bool(allow_build), denoising_batch=denoising_batch, options=options)
     log.info("%s", choice.summary())
+    if allow_build is None:
+        allow_build = choice.requested == AUTO and choice.backend == "compile"
     if choice.backend == "none":
         return None, choice
     try:

@@ -245,3 +245,41 @@ def test_fp8_linears_stay_close_and_psnr_is_reported(tiny_components, embeds):
     assert r["layers"] > 0 and 10 < r["min_psnr_db"] <= r["psnr_db"] < float("inf")
     after = tiny_components.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the loaded model is untouched
+
+
+@pytest.mark.parametrize(("device", "allow_build", "expected"), [
+    ("cuda", None, True),    # unset: auto's inductor compile happens at the first start (then cached)
+    ("cuda", False, False),  # false: never build at start-up
+    ("cuda", True, True),
+])
+def test_unset_allow_build_lets_auto_compile_once_at_start_up(tiny_components, tmp_path, monkeypatch,
+                                                               device, allow_build, expected):
+    seen = {}
+
+    def fake_build(components, backend, **kw):
+        seen.update(backend=backend, allow_build=kw["allow_build"], mode=kw["options"].compile_mode)
+        return "runner"
+
+    monkeypatch.setattr("stream_core.accel.engines.build_runner", fake_build)
+    runner, choice = runner_for(fake(tiny_components, device), "auto", width=SIZE, height=SIZE, steps=STEPS,
+                                frame_buffer=1, cfg_type="self", cache_dir=tmp_path, allow_build=allow_build)
+    assert runner == "runner" and seen == {"backend": "compile", "allow_build": expected, "mode": "inductor"}
+
+
+def test_unset_allow_build_exports_nothing_on_the_cpu(tiny_components, tmp_path):
+    runner, choice = runner_for(tiny_components, "auto", width=SIZE, height=SIZE, steps=STEPS, frame_buffer=1,
+                                cfg_type="self", cache_dir=tmp_path, allow_build=None)
+    assert runner is None and choice.backend == "none"
+
+
+def test_explicit_tensorrt_is_not_built_when_allow_build_is_unset(tiny_components, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_build(components, backend, **kw):
+        seen.update(backend=backend, allow_build=kw["allow_build"])
+        return "runner"
+
+    monkeypatch.setattr("stream_core.accel.engines.build_runner", fake_build)
+    runner_for(fake(tiny_components, "cuda"), "tensorrt", width=SIZE, height=SIZE, steps=STEPS, frame_buffer=1,
+               cfg_type="self", cache_dir=tmp_path, allow_build=None)
+    assert seen == {"backend": "tensorrt", "allow_build": False}
