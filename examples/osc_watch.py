@@ -20,10 +20,14 @@ parser.add_argument("--status", action="store_true", help="also print the period
 args = parser.parse_args()
 
 
+def fmt(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)  # OSC floats are 32-bit
+
+
 def show(address: str, *values: object) -> None:
     if address.startswith("/sd/status/") and not args.status:
         return
-    print(f"{time.strftime('%H:%M:%S')} {address} {' '.join(repr(v) for v in values)}", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} {address} {' '.join(fmt(v) for v in values)}", flush=True)
 
 
 dispatcher = Dispatcher(strict_timing=False)  # never sleep on a bundle's time tag
