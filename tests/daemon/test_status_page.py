@@ -165,3 +165,24 @@ def test_allow_list_and_host_check_guard_the_page(tiny_model_dir, preset_dir, fe
         assert d.status_page.host_ok(f"localhost:{port}") and not d.status_page.host_ok(f"rebind.example:{port}")
     finally:
         d.status_page.stop()
+
+
+def test_a_thousand_idle_connections_leave_the_page_and_the_show_running(daemon):
+    from tests.daemon.test_httpserver import _fd_room, _idle_connections
+
+    page = daemon.status_page
+    port = page.address[1]
+    n = _fd_room(1000)
+    threads = threading.active_count()
+    socks = _idle_connections(port, n)
+    try:
+        published, rendered = daemon.metrics.counter("published"), daemon.frames_rendered
+        code, _, body = _get(port, "/status.json")
+        assert code == 200 and json.loads(body)["source"] == "live"
+        assert page.open_connections <= page.max_connections == 64
+        assert threading.active_count() <= threads + 1  # no thread per connection (+1: a sink may reopen)
+        assert wait_until(lambda: daemon.metrics.counter("published") > published + 3, 3)
+        assert wait_until(lambda: daemon.frames_rendered > rendered + 2, 5)
+    finally:
+        for s in socks:
+            s.close()
