@@ -2,12 +2,15 @@
 
 Runs the real daemon in-process (tiny model, pattern source, status page on loopback) and counts
 frames rendered in each phase of one run, interleaved: nothing; 1,000 idle connections held open;
-8 clients polling ``/output.jpg`` and ``/input.jpg`` back to back; the same 8 clients with the
+8 clients (threads of another process, like browsers) polling ``/output.jpg`` and ``/input.jpg``
+back to back (``--interval`` to pause between polls); the same 8 clients with the
 preview cache bypassed (one JPEG encode per request, how the page worked before the cache); and
 while 1,000 idle connections are open, how long a status request takes. Prints frames/s per phase
-and its ratio to the quiet phases, the JPEGs encoded and the requests answered.
+and its ratio to the quiet phases, the CPU seconds the status page's own threads used (Linux: from
+/proc, so it does not depend on what else runs on the machine), the JPEGs encoded and the requests
+answered.
 
-Usage: python bench/side_services.py [--seconds 5] [--size 256] [--fps 30] [--rounds 2]
+Usage: python bench/side_services.py [--seconds 5] [--size 256] [--fps 30] [--rounds 2] [--interval 0]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import logging
+import multiprocessing
 import os
 import resource
 import socket
@@ -24,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,6 +37,21 @@ from bridge import status_page
 from bridge.config import DaemonConfig
 from bridge.daemon import Daemon, DaemonOptions
 from stream_core.tiny import make_tiny_model
+
+
+def page_cpu_s(label: str = "status-page") -> float:
+    """CPU seconds used so far by the threads whose name starts with ``label`` (Linux), or nan."""
+    total = 0.0
+    for t in threading.enumerate():
+        if not t.name.startswith(label) or t.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rendered_per_s(d: Daemon, seconds: float) -> float:
@@ -58,28 +78,40 @@ def idle_phase(d: Daemon, port: int, seconds: float, n: int) -> tuple[float, flo
             s.close()
 
 
-def polling_phase(d: Daemon, port: int, seconds: float, clients: int) -> tuple[float, int]:
-    stop = threading.Event()
+def _poll_clients(port: int, clients: int, seconds: float, interval: float, out: Any) -> None:
+    """In a separate process (like browsers): ``clients`` threads polling both previews."""
+    stop = time.monotonic() + seconds
     served = [0] * clients
 
     def poll(k: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while not stop.is_set():
+        while time.monotonic() < stop:
             for path in ("/output.jpg", "/input.jpg"):
                 conn.request("GET", path)
                 conn.getresponse().read()
                 served[k] += 1
+            if interval > 0:
+                time.sleep(interval)
         conn.close()
 
-    threads = [threading.Thread(target=poll, args=(k,), daemon=True) for k in range(clients)]
+    threads = [threading.Thread(target=poll, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
+    for t in threads:
+        t.join()
+    out.put(sum(served))
+
+
+def polling_phase(d: Daemon, port: int, seconds: float, clients: int, interval: float) -> tuple[float, int]:
+    out: Any = multiprocessing.Queue()
+    proc = multiprocessing.Process(target=_poll_clients, args=(port, clients, seconds + 0.5, interval, out))
+    proc.start()
     try:
-        return rendered_per_s(d, seconds), sum(served)
+        time.sleep(0.25)
+        rate = rendered_per_s(d, seconds)
+        return rate, int(out.get(timeout=60))
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+        proc.join(10)
 
 
 def main() -> int:
@@ -90,6 +122,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--interval", type=float, default=0.0,
+                    help="pause between a client's polls (the page itself uses 0.25 s); 0: back to back")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -113,6 +147,7 @@ def main() -> int:
     page = d.status_page
     port = page.address[1]
     results: dict[str, list[float]] = {"quiet": [], "idle": [], "polling": [], "polling, no cache": []}
+    cpu: dict[str, float] = dict.fromkeys(results, 0.0)
     answers: list[float] = []
     encodes: dict[str, int] = {"polling": 0, "polling, no cache": 0}
     served: dict[str, int] = {"polling": 0, "polling, no cache": 0}
@@ -125,12 +160,18 @@ def main() -> int:
     try:
         time.sleep(2.0)
         for _ in range(args.rounds):
+            c = page_cpu_s()
             results["quiet"].append(rendered_per_s(d, args.seconds))
+            cpu["quiet"] += page_cpu_s() - c
+            c = page_cpu_s()
             rate, answer = idle_phase(d, port, args.seconds, args.idle)
+            cpu["idle"] += page_cpu_s() - c
             results["idle"].append(rate)
             answers.append(answer)
             e0 = page.encodes
-            rate, n = polling_phase(d, port, args.seconds, args.clients)
+            c = page_cpu_s()
+            rate, n = polling_phase(d, port, args.seconds, args.clients, args.interval)
+            cpu["polling"] += page_cpu_s() - c
             results["polling"].append(rate)
             encodes["polling"] += page.encodes - e0
             served["polling"] += n
@@ -144,7 +185,9 @@ def main() -> int:
             status_page.encode_preview = counting
             page.preview_jpeg = uncached
             try:
-                rate, n = polling_phase(d, port, args.seconds, args.clients)
+                c = page_cpu_s()
+                rate, n = polling_phase(d, port, args.seconds, args.clients, args.interval)
+                cpu["polling, no cache"] += page_cpu_s() - c
             finally:
                 page.preview_jpeg = cached
                 status_page.encode_preview = real
@@ -156,12 +199,16 @@ def main() -> int:
         d.stop()
     quiet = statistics.median(results["quiet"])
     print(f"# bench/side_services.py  {time.strftime('%Y-%m-%d')}  {args.size}px tiny model, source {args.fps:g} fps,"
-          f" {args.rounds} rounds x {args.seconds:g} s per phase, {os.cpu_count()} CPUs")
-    print(f"{'phase':<22} {'rendered/s':>11} {'vs quiet':>9} {'JPEGs':>7} {'requests':>9}")
+          f" {args.rounds} rounds x {args.seconds:g} s per phase, {args.clients} clients polling every"
+          f" {args.interval:g} s, {os.cpu_count()} CPUs")
+    print(f"{'phase':<22} {'rendered/s':>11} {'vs quiet':>9} {'page CPU s/s':>13} {'JPEGs':>7} {'requests':>9}"
+          f" {'CPU ms/request':>15}")
     for name, rates in results.items():
         med = statistics.median(rates)
-        extra = f" {encodes[name]:>7} {served[name]:>9}" if name in encodes else ""
-        print(f"{name:<22} {med:>11.2f} {med / quiet:>9.2f}{extra}")
+        used = cpu[name] / (args.rounds * args.seconds)
+        extra = (f" {encodes[name]:>7} {served[name]:>9} {1000 * cpu[name] / max(1, served[name]):>15.3f}"
+                 if name in encodes else "")
+        print(f"{name:<22} {med:>11.2f} {med / quiet:>9.2f} {used:>13.3f}{extra}")
     print(f"status request with {args.idle} idle connections open: "
           + ", ".join(f"{a * 1000:.0f} ms" for a in answers))
     print(f"server counters: {stats}")
