@@ -307,7 +307,8 @@ class LocalHttpServer:
                     _send_quietly(sock, _plain(HTTPStatus.SERVICE_UNAVAILABLE, b"busy, try again\n"))
                     _close_quietly(sock)
                     continue
-                self._count("evicted")
+                self._count("evicted", peer, f"{self.max_connections} connections open: closed the one "
+                            "waiting longest for a request")
                 self._drop(victim)
             conn = _Conn(sock, peer, time.monotonic())
             with self._lock:
