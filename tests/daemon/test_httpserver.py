@@ -164,7 +164,9 @@ def test_when_every_connection_is_busy_a_new_one_gets_503(make_server):
     server.gate.set()
     for t in busy:
         t.join(5)
-    assert server.counts["served"] == 3 and _get(port) == (200, b"hello\n")
+    assert server.counts["served"] == 3
+    assert wait_until(lambda: server.open_connections == 0, 5)  # the clients closed theirs
+    assert _get(port) == (200, b"hello\n")
 
 
 def test_host_header_must_name_this_server(make_server):
