@@ -144,6 +144,8 @@ class LocalHttpServer:
         self._closing = False
         self._threads: list[threading.Thread] = []
 
+        if host.startswith("[") and host.endswith("]"):  # [::1] as written in HOST:PORT
+            host = host[1:-1]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:

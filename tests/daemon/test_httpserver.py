@@ -211,3 +211,18 @@ def test_malformed_and_oversized_requests(make_server):
     answer = _raw(port, post)
     assert answer.startswith(b"HTTP/1.1 405") and b"Connection: close" in answer
     assert _get(port) == (200, b"hello\n")  # and it still answers
+
+
+def test_ipv6_loopback(make_server):
+    try:
+        server = make_server(host="[::1]")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = server.address[1]
+    assert server.url == f"http://[::1]:{port}/"
+    conn = http.client.HTTPConnection("::1", port, timeout=5)
+    try:
+        conn.request("GET", "/")  # http.client sends Host: [::1]:PORT
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
