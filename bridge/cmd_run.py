@@ -22,6 +22,7 @@ from bridge.cmd_render import (
 log = logging.getLogger("streambridge")
 
 DEMO_NDI_NAME = "streambridge-demo"
+DEMO_FEEDBACK = "127.0.0.1:9401"  # where the demo echoes every change (README: watch it there)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--size", type=parse_size, default=(256, 256), help="WxH (default 256x256)")
     demo.add_argument("--fps", type=float, default=15.0)
     demo.add_argument("--osc", default="127.0.0.1:9400", help="OSC listen HOST:PORT")
-    demo.add_argument("--feedback", action="append", default=[], metavar="HOST:PORT")
+    demo.add_argument("--feedback", action="append", default=None, metavar="HOST:PORT",
+                      help=f"echo every change and the status here (default {DEMO_FEEDBACK}; several "
+                      "allowed; '' turns it off)")
     demo.add_argument("--status", default="127.0.0.1:9480",
                       help="status page HOST:PORT (default 127.0.0.1:9480; '' turns it off)")
     demo.add_argument("--mix", type=float, default=0.5, help="dry/wet mix at start (default 0.5)")
@@ -171,6 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sinks.append({"type": "video", "path": args.video})
     if not sinks:
         sinks.append({"type": "null"})
+    feedback = [f for f in (args.feedback if args.feedback is not None else [DEMO_FEEDBACK]) if f]
     presets = Path("presets")
     data = {
         "model": {"model": str(model_dir), "device": "cpu", "dtype": "float32"},
@@ -178,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "source": {"type": "pattern", "width": w, "height": h, "fps": args.fps},
         "sinks": sinks,
         "output": {"fps": args.fps},
-        "osc": {"listen": args.osc, "feedback": args.feedback},
+        "osc": {"listen": args.osc, "feedback": feedback},
         "status": {"listen": args.status or None},
         "presets": {"folder": str(presets) if presets.is_dir() else str(_packaged_presets())},
         # the tiny model's weights are random (its output is dark noise): show the test pattern
@@ -188,6 +192,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = DaemonConfig.model_validate(data)
     log.info("demo: pattern -> tiny model -> %s; OSC on %s (try: /sd/prompt, /sd/strength, /sd/preset)",
              ", ".join(f"{s['type']}:{s.get('name') or s.get('path', '')}" for s in sinks), args.osc)
+    if feedback:
+        log.info("demo: every change is echoed to %s (watch it: python examples/osc_watch.py %s)",
+                 ", ".join(feedback), feedback[0].rpartition(":")[2])
+    else:
+        log.info("demo: no feedback target (--feedback HOST:PORT to see the echo of every change)")
     return run_daemon(cfg, args.duration)
 
 

@@ -244,7 +244,7 @@ class Daemon:
                 self.oscquery = OscQueryServer(
                     host or "127.0.0.1", o.query_port, name=o.name, osc_address=self.osc.address,
                     surface=self.osc.surface, values=self.controller.snapshot,
-                    presets=presets.names if presets is not None else list, status=self.status)
+                    presets=presets.names if presets is not None else list, status=self.status, allow=o.allow)
             except OSError as exc:
                 raise StartupError(f"osc.query_port: cannot listen on {host or '127.0.0.1'}:{o.query_port} "
                                    f"({exc.strerror or exc}); choose another port (0 picks a free one)") from None
@@ -320,7 +320,10 @@ class Daemon:
 
         host, _, port = listen.rpartition(":")
         try:
-            self.status_page = StatusPage(host, int(port), self.page_status, self._preview_frame)
+            self.status_page = StatusPage(host, int(port), self.page_status, self._preview_frame,
+                                          allow=self.cfg.osc.allow)
+        except ValueError as exc:
+            raise StartupError(f"osc.allow: {exc}") from None
         except OSError as exc:
             raise StartupError(f"status.listen: cannot listen on {listen} ({exc.strerror or exc}); choose "
                                "another HOST:PORT (port 0 picks a free one) or leave it unset") from None

@@ -7,15 +7,20 @@ refreshes itself twice a second. Other paths: ``/status.json`` (the same figures
 
 The page reads what the other threads already publish (metrics, the latest frames by reference);
 it never touches the model, the pipeline or a sink, and an error in a request is logged and
-answered with 500 without affecting anything else. It listens on 127.0.0.1 unless told otherwise:
-there is no authentication, so only open it to a network you trust.
+answered with 500 without affecting anything else. Each preview is encoded once per frame: the
+JPEG is kept with the frame it came from (by identity) and every client asking before the next
+frame gets the same bytes, so the encoding cost does not grow with the number of viewers. It
+listens on 127.0.0.1 unless told otherwise: there is no authentication, so only open it to a
+network you trust (the server's connection cap, timeouts, Host check and allow-list are in
+:mod:`bridge.httpserver`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -94,15 +99,48 @@ def encode_preview(rgb: np.ndarray, max_width: int = PREVIEW_MAX_WIDTH, quality:
     return buf.tobytes()
 
 
+class _Preview:
+    """The JPEG of one preview stream, kept with the frame object it was encoded from."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.frame: np.ndarray | None = None  # held, so its identity cannot be reused meanwhile
+        self.jpeg = b""
+        self.encodes = 0
+
+
 class StatusPage(LocalHttpServer):
     """The page's server. ``status()`` returns a JSON-able dict; ``frame(which)`` the latest
-    ``"input"`` or ``"output"`` RGB frame or None. Both are called on the server's threads."""
+    ``"input"`` or ``"output"`` RGB frame or None; a new frame is a new array object (a frame is
+    never written to after it is published). Both are called on the server's threads.
+    ``allow`` and ``**server`` go to :class:`bridge.httpserver.LocalHttpServer`."""
 
     def __init__(self, host: str, port: int, status: Callable[[], dict[str, Any]],
-                 frame: Callable[[str], np.ndarray | None]) -> None:
+                 frame: Callable[[str], np.ndarray | None], *, allow: Sequence[str] | None = None,
+                 **server: Any) -> None:
         self.status = status
         self.frame = frame
-        super().__init__(host, port, "status-page")  # binds now
+        self._previews = {"input": _Preview(), "output": _Preview()}
+        super().__init__(host, port, "status-page", allow=allow, **server)  # binds now
+
+    @property
+    def encodes(self) -> int:
+        """JPEGs encoded so far (each preview frame once)."""
+        return sum(p.encodes for p in self._previews.values())
+
+    def preview_jpeg(self, which: str) -> bytes | None:
+        """The JPEG of the current ``which`` frame, encoded at most once per frame however many
+        clients ask (concurrent requests for a new frame wait for the one encoding)."""
+        frame = self.frame(which)
+        if frame is None:
+            return None
+        cache = self._previews[which]
+        with cache.lock:
+            if cache.frame is not frame:
+                cache.jpeg = encode_preview(frame)
+                cache.frame = frame
+                cache.encodes += 1
+            return cache.jpeg
 
     def route(self, path: str, query: str) -> Response:
         if path == "/":
@@ -110,10 +148,10 @@ class StatusPage(LocalHttpServer):
         if path == "/status.json":
             return Response(HTTPStatus.OK, json.dumps(self.status(), default=str).encode(), "application/json")
         if path in ("/input.jpg", "/output.jpg"):
-            frame = self.frame(path[1:-4])
-            if frame is None:
+            jpeg = self.preview_jpeg(path[1:-4])
+            if jpeg is None:
                 return Response(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n")
-            return Response(HTTPStatus.OK, encode_preview(frame), "image/jpeg")
+            return Response(HTTPStatus.OK, jpeg, "image/jpeg")
         return Response(HTTPStatus.NOT_FOUND, b"not found\n")
 
     def start(self) -> None:

@@ -9,7 +9,9 @@ Served (JSON, per the OSCQuery proposal): ``GET /path`` -> the node and everythi
 ``GET /path?ATTRIBUTE`` -> ``{"ATTRIBUTE": ...}`` (204 when the node has none, 400 for a name that
 is not an attribute); ``GET /?HOST_INFO`` -> name, OSC port and transport, supported extensions.
 Unknown paths are 404. Not supported (and said so in ``EXTENSIONS``): websocket LISTEN streaming
-and path-change notifications.
+and path-change notifications. The HTTP side is :class:`bridge.httpserver.LocalHttpServer`: a
+connection cap, request timeouts, a ``Host`` check against DNS rebinding, and ``osc.allow``
+applied to HTTP clients as to OSC senders (others get 403).
 
 With ``advertise``, the OSC port is announced as ``_osc._udp`` and the OSCQuery port as
 ``_oscjson._tcp`` over mDNS (``zeroconf``), on a background thread so start-up never waits for it.
@@ -133,18 +135,20 @@ def host_info(name: str, osc_host: str, osc_port: int) -> dict[str, Any]:
 
 class OscQueryServer(LocalHttpServer):
     """The OSCQuery HTTP service. The callables are read on the server's threads: ``values()``
-    the live parameters, ``presets()`` the preset names, ``status()`` the status figures."""
+    the live parameters, ``presets()`` the preset names, ``status()`` the status figures.
+    ``allow`` (the ``osc.allow`` entries) and ``**server`` go to the HTTP server."""
 
     def __init__(self, host: str, port: int, *, name: str, osc_address: tuple[str, int], surface: ControlSurface,
                  values: Callable[[], Mapping[str, Any]], presets: Callable[[], Sequence[str]],
-                 status: Callable[[], Mapping[str, Any]]) -> None:
+                 status: Callable[[], Mapping[str, Any]], allow: Sequence[str] | None = None,
+                 **server: Any) -> None:
         self.name = name
         self.osc_address = osc_address
         self.surface = surface
         self.values = values
         self.presets = presets
         self.status = status
-        super().__init__(host, port, "oscquery")  # binds now
+        super().__init__(host, port, "oscquery", allow=allow, **server)  # binds now
 
     def tree(self) -> dict[str, Any]:
         return namespace(self.surface, self.values(), self.presets(), self.status())

@@ -31,7 +31,8 @@ def _get(port: int, path: str) -> tuple[int, object]:
 @pytest.fixture(scope="module")
 def qdaemon(tiny_model_dir, preset_dir, feedback):
     cfg = daemon_config(tiny_model_dir, preset_dir, feedback.port,
-                        **{"osc.query_port": 0, "osc.advertise": True, "osc.name": NAME})
+                        **{"osc.query_port": 0, "osc.advertise": True, "osc.name": NAME,
+                           "osc.allow": ["127.0.0.0/8"]})
     d = Daemon(cfg, DaemonOptions(prewarm_timeout=30))
     d.start()
     assert wait_until(lambda: d.frames_rendered > 2, 20)
@@ -66,6 +67,21 @@ def test_errors_follow_the_proposal(qdaemon):
     assert _get(port, "/sd/preset?VALUE")[0] == 204  # write-only: no value to give
     code, root = _get(port, "/")
     assert code == 200 and root["FULL_PATH"] == "/" and "sd" in root["CONTENTS"]
+
+
+def test_http_side_obeys_osc_allow_and_checks_the_host(qdaemon):
+    server = qdaemon.oscquery
+    port = server.address[1]
+    assert server.peer_allowed(("127.0.0.1", 50000)) and not server.peer_allowed(("192.168.1.7", 50000))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:  # a page on another domain that resolves to this machine (DNS rebinding) is refused
+        conn.putrequest("GET", "/?HOST_INFO", skip_host=True)
+        conn.putheader("Host", f"rebind.attacker.example:{port}")
+        conn.endheaders()
+        assert conn.getresponse().status == 421
+    finally:
+        conn.close()
+    assert server.counts["bad_host"] >= 1 and _get(port, "/?HOST_INFO")[0] == 200
 
 
 def test_osc_and_oscquery_are_announced_over_mdns(qdaemon):

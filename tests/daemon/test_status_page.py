@@ -5,15 +5,17 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 
 import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from bridge import status_page
 from bridge.config import DaemonConfig
 from bridge.daemon import Daemon, DaemonOptions, StartupError
-from bridge.status_page import encode_preview
+from bridge.status_page import StatusPage, encode_preview
 from tests.daemon.conftest import daemon_config, wait_until
 
 
@@ -113,3 +115,74 @@ def test_encode_preview_scales_down_and_checks_its_input():
     assert img[100, 300, 2] > 200 and img[100, 300, 0] < 50  # red stays red (BGR on decode)
     with pytest.raises(ValueError, match="H x W x 3 uint8"):
         encode_preview(np.zeros((4, 4), np.uint8))
+
+
+def test_previews_are_encoded_once_per_frame_whatever_the_number_of_clients(monkeypatch):
+    encoded = []
+    real = status_page.encode_preview
+    monkeypatch.setattr(status_page, "encode_preview", lambda f: (encoded.append(f.shape), real(f))[1])
+    frames = {"output": np.full((48, 64, 3), 90, np.uint8)}
+    page = StatusPage("127.0.0.1", 0, dict, frames.get)
+    page.start()
+    port = page.address[1]
+
+    def poll(results: list) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for _ in range(5):
+            conn.request("GET", "/output.jpg")
+            r = conn.getresponse()
+            results.append((r.status, r.read()))
+        conn.close()
+
+    def eight_clients() -> list:
+        results: list = []
+        threads = [threading.Thread(target=poll, args=(results,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        return results
+
+    try:
+        first = eight_clients()
+        assert len(first) == 40 and {r for r in first} == {(200, first[0][1])}
+        assert len(encoded) == 1 and page.encodes == 1  # 8 clients x 5 polls, one frame: one JPEG
+        frames["output"] = frames["output"].copy()  # a new frame (same pixels): encoded again, once
+        assert len(eight_clients()) == 40 and len(encoded) == 2
+        assert _get(port, "/input.jpg")[0] == 503 and len(encoded) == 2
+    finally:
+        page.stop()
+
+
+def test_allow_list_and_host_check_guard_the_page(tiny_model_dir, preset_dir, feedback):
+    cfg = daemon_config(tiny_model_dir, preset_dir, feedback.port,
+                        **{"status.listen": "127.0.0.1:0", "osc.allow": ["192.168.1.0/24"]})
+    d = Daemon(cfg, DaemonOptions(osc=False, presets=False))
+    d._build_status_page()  # the page alone: the wiring of osc.allow is what is under test
+    try:
+        port = d.status_page.address[1]
+        assert _get(port, "/status.json")[0] == 403 and d.status_page.counts["forbidden"] == 1
+        assert d.status_page.host_ok(f"localhost:{port}") and not d.status_page.host_ok(f"rebind.example:{port}")
+    finally:
+        d.status_page.stop()
+
+
+def test_a_thousand_idle_connections_leave_the_page_and_the_show_running(daemon):
+    from tests.daemon.test_httpserver import _fd_room, _idle_connections
+
+    page = daemon.status_page
+    port = page.address[1]
+    n = _fd_room(1000)
+    threads = threading.active_count()
+    socks = _idle_connections(port, n)
+    try:
+        published, rendered = daemon.metrics.counter("published"), daemon.frames_rendered
+        code, _, body = _get(port, "/status.json")
+        assert code == 200 and json.loads(body)["source"] == "live"
+        assert page.open_connections <= page.max_connections == 64
+        assert threading.active_count() <= threads + 1  # no thread per connection (+1: a sink may reopen)
+        assert wait_until(lambda: daemon.metrics.counter("published") > published + 3, 3)
+        assert wait_until(lambda: daemon.frames_rendered > rendered + 2, 5)
+    finally:
+        for s in socks:
+            s.close()
