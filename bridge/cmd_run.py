@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -136,7 +137,34 @@ def run_daemon(cfg, duration: float | None, options=None) -> int:
         daemon.stop()
     if stop_reason:
         log.info("stopped by %s", stop_reason[0])
-    return 0
+    return exit_process_if_stuck(0, daemon.abandoned)
+
+
+def exit_process_if_stuck(code: int, abandoned: list[str]) -> int:
+    """After an orderly stop, end the process at once with ``code`` when a thread is still inside
+    a backend call (``abandoned`` names them); otherwise return ``code``.
+
+    Why: a thread that comes back from a native call while the interpreter is finalising is ended
+    by CPython (3.11-3.13) with ``pthread_exit``, whose forced unwinding runs through the binding's
+    ``noexcept`` GIL guard (pybind11's ``gil_scoped_release`` destructor in ndi-python): the C++
+    runtime then aborts the process (``terminate called without an active exception``, exit 134).
+    Everything that can be released has been by now, so the logs are flushed and ``os._exit``
+    skips the finalisation that would wake that thread up. Only the command line calls this."""
+    if not abandoned:
+        return code
+    log.warning("%s still inside a backend call after the stop; exiting without the interpreter's "
+                "teardown so the native library cannot abort the process", ", ".join(abandoned))
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # flushing is best effort on the way out
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bridge.config import DaemonConfig, default_cache_dir
-from bridge.io.registry import create_sink, create_source
+from bridge.io.registry import create_sink, create_source, interrupt_opens
 from bridge.live import LiveController, merge_initial
 from bridge.presets import ColdSettings, PresetStore
 from bridge.prompt_cache import PromptCache
@@ -75,6 +75,8 @@ class Daemon:
         self.render_errors = 0
         self.frames_rendered = 0
         self._status_extra: dict[str, Any] = {"preset": ""}
+        #: threads :meth:`stop` had to leave inside a backend call (see ``bridge.cmd_run``)
+        self.abandoned: list[str] = []
 
     # ------------------------------------------------------------------ build
     def _build_engine(self) -> None:
@@ -453,14 +455,20 @@ class Daemon:
     def stop(self) -> None:
         """Stop capture, finish the frame in flight, release senders and receivers."""
         log.info("stopping")
+        self.abandoned = []
         if self.source_worker is not None:
-            self.source_worker.stop(timeout=2.0)
+            interrupt_opens()  # a source still looking for its sender gives up now
+            if not self.source_worker.stop(timeout=2.0):
+                self.abandoned.append(self.source_worker.name)
         self._stop.set()
         self.frames_in.close()
         for t in self._threads:
             t.join(timeout=10.0)
+            if t.is_alive():
+                self.abandoned.append(t.name)
         if self.publisher is not None:
-            self.publisher.stop(timeout=2.0)
+            if not self.publisher.stop(timeout=2.0):
+                self.abandoned.append("publisher")
         if self.osc is not None:
             self.osc.stop()
         if self.status_page is not None:
