@@ -70,6 +70,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="recall this preset at start-up")
     p.add_argument("--prompt")
     p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--allow-download", action="store_true",
+                   help="fetch missing weights from the hub at start-up (off by default: nothing goes online; "
+                   "prefer `streambridge models fetch NAME` before the show)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,14 +103,30 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace):
-    from bridge.config import apply_overrides, load_config
+    from bridge.config import apply_overrides, load_config_located
     from bridge.yamlio import ConfigError
 
     try:
-        cfg = load_config(args.config)
-        return apply_overrides(cfg, _overrides(args))
+        cfg, lines = load_config_located(args.config)
+        overrides = _overrides(args)
+        cfg = apply_overrides(cfg, overrides)
     except ConfigError as exc:
         raise CliError(f"invalid configuration:\n{exc}") from None
+    preflight(cfg, args.config or "command line", lines, overrides,
+              allow_download=bool(getattr(args, "allow_download", False)))
+    return cfg
+
+
+def preflight(cfg, source: str, lines=None, overridden=(), *, allow_download: bool = False) -> None:
+    """The checks of meaning (``bridge.preflight``): every problem logged, then one CliError."""
+    from bridge.preflight import check, format_problems
+
+    problems = format_problems(check(cfg, allow_download=allow_download), source, lines, overridden)
+    if problems:
+        for line in problems:
+            log.error("%s", line)
+        n = len(problems)
+        raise CliError(f"{n} problem{'s' if n > 1 else ''} to fix before the show (listed above)", code=1)
 
 
 def run_daemon(cfg, duration: float | None, options=None) -> int:
@@ -168,7 +187,10 @@ def exit_process_if_stuck(code: int, abandoned: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_daemon(build_config(args), args.duration)
+    cfg = build_config(args)  # and the checks of meaning, before torch is even imported
+    from bridge.daemon import DaemonOptions
+
+    return run_daemon(cfg, args.duration, DaemonOptions(allow_download=args.allow_download))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -208,6 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "params": {"mix": args.mix},
     }
     cfg = DaemonConfig.model_validate(data)
+    preflight(cfg, "demo")
     log.info("demo: pattern -> tiny model -> %s; OSC on %s (try: /sd/prompt, /sd/strength, /sd/preset)",
              ", ".join(f"{s['type']}:{s.get('name') or s.get('path', '')}" for s in sinks), args.osc)
     return run_daemon(cfg, args.duration)
@@ -218,14 +241,22 @@ def _packaged_presets() -> Path:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bridge.config import load_config
+    """Shape (the schema) and then meaning (``bridge.preflight``) of a config file: every problem
+    at once, each with file:line; exit 0/1."""
+    from bridge.config import load_config_located
+    from bridge.preflight import check, format_problems
     from bridge.yamlio import ConfigError
 
     try:
-        load_config(args.file)
+        cfg, lines = load_config_located(args.file)
     except ConfigError as exc:
         for line in exc.problems:
             log.error("%s", line)
+        return 1
+    problems = format_problems(check(cfg), args.file, lines)
+    for line in problems:
+        log.error("%s", line)
+    if problems:
         return 1
     sys.stdout.write(f"{args.file}: OK\n")
     return 0

@@ -44,6 +44,7 @@ class DaemonOptions:
     osc: bool = True
     presets: bool = True
     prewarm_timeout: float = 0.0  # wait this long for preset pre-warm before going live
+    allow_download: bool = False  # fetch weights missing here from the hub (never by default)
 
 
 class Daemon:
@@ -95,6 +96,7 @@ class Daemon:
         spec = ModelSpec(
             model=m.model, vae=m.vae, lcm_lora=m.lcm_lora,
             loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
+            allow_download=self.options.allow_download,
         )
         try:
             components = load_components(spec)

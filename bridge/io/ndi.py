@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 import cv2
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bridge.io._common import SinkConfig, SourceConfig, as_rgb, import_optional
 from bridge.io.base import (
@@ -362,6 +362,13 @@ class NdiSourceConfig(SourceConfig):
         max_length=128,
         description="How this receiver shows up in NDI tools.",
     )
+
+    @field_validator("address")
+    @classmethod
+    def _port_in_range(cls, v: str | None) -> str | None:
+        if v is not None and not 1 <= int(v.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"port {int(v.rpartition(':')[2])} in {v!r} is outside 1..65535")
+        return v
 
     @model_validator(mode="after")
     def _need_target(self) -> NdiSourceConfig:
