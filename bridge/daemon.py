@@ -21,6 +21,7 @@ import numpy as np
 
 from bridge.config import DaemonConfig, default_cache_dir
 from bridge.io.registry import create_sink, create_source, interrupt_opens
+from bridge.io.reporting import OpenErrorReport, ReportingSource
 from bridge.live import LiveController, merge_initial
 from bridge.presets import ColdSettings, PresetStore
 from bridge.prompt_cache import PromptCache
@@ -66,6 +67,7 @@ class Daemon:
         self.cache: PromptCache | None = None
         self.presets: PresetStore | None = None
         self.source_worker: SourceWorker | None = None
+        self.source_report: OpenErrorReport | None = None
         self.publisher: Publisher | None = None
         self.osc = None
         self.feedback = None
@@ -258,13 +260,17 @@ class Daemon:
         src_cfg = self.cfg.source
 
         def on_state(state: str, detail: str) -> None:
-            self._fb_queue.put(("status", {"source": state}))
+            self._fb_queue.put(("status", {"source": self._source_state()}))
 
         # live -> stalled after max(250 ms, 3 frame intervals) -> lost after max(0.75 s, 2 stall
         # timeouts) -> reconnecting with backoff 0.25 s doubling to 5 s
         health = SourceHealth(min_stall_s=0.25, stall_intervals=3.0, lost_after_s=0.75,
                               backoff_initial_s=0.25, backoff_max_s=5.0)
-        self.source_worker = SourceWorker(lambda: create_source(src_cfg), resizer, self.frames_in, self.metrics,
+        self.source_report = OpenErrorReport(
+            src_cfg.type, on_change=lambda reason: self._fb_queue.put(
+                ("status", {"source": self._source_state(), "source_error": reason})))
+        make_source = ReportingSource.factory(lambda: create_source(src_cfg), self.source_report)
+        self.source_worker = SourceWorker(make_source, resizer, self.frames_in, self.metrics,
                                           on_state=on_state, health=health, name=f"source:{src_cfg.type}")
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
         sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
@@ -424,11 +430,22 @@ class Daemon:
             "fps_processed": round(float(snap["fps"].get("processed", 0.0)), 2),
             "latency_ms": round(float(lat.get("p50_ms") or 0.0), 2),
             "latency_p95_ms": round(float(lat.get("p95_ms") or 0.0), 2),
-            "source": self.source_worker.state if self.source_worker else "idle",
+            "source": self._source_state(),
+            "source_error": self.source_report.reason if self.source_report is not None else "",
             "preset": str(self._status_extra.get("preset", "")),
             "dropped": int(sum(snap["dropped"].values())),
             "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
         }
+
+    def _source_state(self) -> str:
+        """The worker's state, except ``error`` while a source that never delivered keeps failing
+        (``source_error`` says why)."""
+        if self.source_worker is None:
+            return "idle"
+        state = self.source_worker.state
+        if state == "connecting" and self.source_report is not None and self.source_report.reason:
+            return "error"
+        return state
 
     def page_status(self) -> dict[str, Any]:
         """The status page's figures: :meth:`status` plus the output and sink details."""
@@ -458,6 +475,8 @@ class Daemon:
         """Stop capture, finish the frame in flight, release senders and receivers."""
         log.info("stopping")
         self.abandoned = []
+        if self.source_report is not None:
+            self.source_report.close()
         if self.source_worker is not None:
             interrupt_opens()  # a source still looking for its sender gives up now
             if not self.source_worker.stop(timeout=2.0):

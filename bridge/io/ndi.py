@@ -398,7 +398,6 @@ class NdiSource(FrameSource):
         if cfg.address:
             target = NdiSenderInfo(cfg.name.strip(), cfg.address)
         else:
-            t0 = time.monotonic()
             cancel = threading.Event()
             found = discover(
                 cfg.discovery_timeout,
@@ -411,9 +410,10 @@ class NdiSource(FrameSource):
                 raise SourceGone(f"NDI discovery of {cfg.name!r} interrupted (stopping)")
             if target is None:
                 visible = ", ".join(repr(s.name) for s in found) or "none"
+                # no timings in the text: the same reason on every retry is reported once
                 raise SourceGone(
-                    f"NDI sender {cfg.name!r} not found after {time.monotonic() - t0:.1f} s "
-                    f"(visible: {visible})"
+                    f"NDI sender {cfg.name!r} not found (looked {cfg.discovery_timeout:g} s; "
+                    f"visible: {visible})"
                 )
         settings = lib.RecvCreateV3()
         settings.color_format = getattr(lib, _COLOR_FORMATS[cfg.color_format])
