@@ -283,6 +283,13 @@ class Daemon:
     def start(self) -> None:
         """Build everything and start the threads. Raises :class:`StartupError` on fatal problems."""
         t0 = time.perf_counter()
+        from bridge.preflight import backend_problems
+
+        # a backend that cannot run on this OS (or lacks its extra) is a start-up error, found
+        # before the model loads, never a connection retried for ever
+        unavailable = backend_problems(self.cfg)
+        if unavailable:
+            raise StartupError("; ".join(unavailable))
         import cv2
 
         # OpenCV's pool busy-waits after every small call: more CPU per frame than it saves here

@@ -24,7 +24,7 @@ from bridge.config import DaemonConfig
 from bridge.io._common import _PLATFORM_NAMES, install_hint
 from stream_core.weights import LCM_LORA_SD15, TAESD_ID, how_to_provide, locate, looks_like_hub_id
 
-__all__ = ["BACKEND_NEEDS", "Problem", "backend_problem", "check", "format_problems"]
+__all__ = ["BACKEND_NEEDS", "Problem", "backend_problem", "backend_problems", "check", "format_problems"]
 
 #: backend kind -> (Python module, extra to install, the only platform it exists on or None)
 BACKEND_NEEDS: dict[str, tuple[str, str, str | None]] = {
@@ -75,6 +75,11 @@ def _backends(cfg: DaemonConfig) -> Iterable[Problem]:
         problem = backend_problem(sink.type, "sink")
         if problem:
             yield Problem(("sinks", i, "type"), problem)
+
+
+def backend_problems(cfg: DaemonConfig) -> list[str]:
+    """``key: reason`` for every source/sink backend that cannot run here (cheap: no import)."""
+    return [f"{'.'.join(map(str, p.key))}: {p.message}" for p in _backends(cfg)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -33,3 +33,27 @@ def test_unopenable_video_is_an_error_with_its_reason(tiny_model_dir, tmp_path, 
         fb.close()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "cannot deliver" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_backend_that_cannot_run_here_is_a_startup_error(tiny_model_dir, tmp_path):
+    import sys
+    import time
+
+    import pytest
+
+    from bridge.daemon import StartupError
+    from bridge.io.registry import parse_sink_config
+
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("Spout/Syphon exist here")
+    cfg = daemon_config(tiny_model_dir, tmp_path, 9)
+    cfg = cfg.model_copy(update={"source": parse_source_config({"type": "spout", "name": "TD"}),
+                                 "sinks": [parse_sink_config({"type": "syphon"})]})
+    d = Daemon(cfg, DaemonOptions(presets=False, osc=False))
+    t0 = time.monotonic()
+    with pytest.raises(StartupError) as exc:
+        d.start()
+    d.stop()
+    assert "source.type: Spout sources exist only on Windows" in str(exc.value)
+    assert "sinks.0.type: Syphon sinks exist only on macOS" in str(exc.value)
+    assert d.engine is None and time.monotonic() - t0 < 2.0  # before the model loads
