@@ -4,12 +4,15 @@ sink that fails on every frame. Each case is a real subprocess with the real NDI
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,6 +77,60 @@ def test_failing_sink_and_missing_sender_exit_0(tiny_model_dir, tmp_path):
                         "--sink", f"video:{bad}", "--sink", "ndi:streambridge-exit-test")
     assert rc == 0, err[-1500:]
     assert "terminate called" not in err
+
+
+SENDER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import NDIlib as lib
+    assert lib.initialize()
+    settings = lib.SendCreate()
+    settings.ndi_name = sys.argv[1]
+    settings.clock_video = False
+    send = lib.send_create(settings)
+    frame = lib.VideoFrameV2()
+    frame.FourCC = lib.FOURCC_VIDEO_TYPE_BGRX
+    frame.frame_rate_N, frame.frame_rate_D = 30000, 1000
+    img = np.full((64, 96, 4), 128, np.uint8)
+    while True:  # until killed: the sender vanishes without a goodbye
+        frame.data = img
+        lib.send_send_video_v2(send, frame)
+        time.sleep(1 / 30)
+""")
+
+
+def test_stop_after_the_sender_vanished_exits_0(tiny_model_dir, tmp_path):
+    cfg_dir = tmp_path / "ndi"
+    cfg_dir.mkdir()
+    (cfg_dir / "ndi-config.v1.json").write_text(json.dumps({"ndi": {"networks": {"ips": "127.0.0.1"}}}))
+    env = {**ENV, "NDI_CONFIG_DIR": str(cfg_dir)}
+    name = f"exit-test-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "sender.py").write_text(SENDER)
+    daemon = subprocess.Popen(run_args(tiny_model_dir, "--source", f"ndi:{name}"), cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(daemon.stderr.readline, "")), daemon=True)
+    reader.start()
+    sender = subprocess.Popen([sys.executable, str(tmp_path / "sender.py"), name], env=env)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not any("live (first frame" in ln for ln in lines):
+            assert daemon.poll() is None, "".join(lines)[-2000:]
+            time.sleep(0.2)
+        assert any("NDI source connected" in ln for ln in lines), "".join(lines)[-2000:]
+        sender.kill()  # the sender vanishes mid-stream
+        sender.wait(10)
+        time.sleep(1.5)  # the source is lost, the worker back in discovery
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+        reader.join(10)
+    finally:
+        for p in (sender, daemon):
+            if p.poll() is None:
+                p.kill()
+    err = "".join(lines)
+    assert daemon.returncode == 0, err[-2000:]
+    assert "terminate called" not in err and "stopped by SIGTERM" in err
 
 
 STUCK = textwrap.dedent("""
