@@ -128,15 +128,16 @@ def _model(cfg: DaemonConfig) -> Iterable[Problem]:
                 == (320, 640, 1280, 1280) and not unet.get("time_cond_proj_dim") and sched != "LCMScheduler")
         if sd15 and locate(LCM_LORA_SD15, "pytorch_lora_weights.safetensors") is None:
             yield Problem(("model", "lcm_lora"), f"LCM-LoRA (needed by this SD 1.x model): {how_to_provide(LCM_LORA_SD15)}")
-    for i, lora in enumerate(m.loras):
-        p = Path(lora.source).expanduser()
-        if p.exists():
+    loras = [(("model", "loras", i, "source"), lora.source) for i, lora in enumerate(m.loras)]
+    if m.lcm_lora not in ("auto", "none"):
+        loras.insert(0, (("model", "lcm_lora"), m.lcm_lora))
+    for key, source in loras:
+        if Path(source).expanduser().exists():
             continue
-        if not looks_like_hub_id(lora.source):
-            yield Problem(("model", "loras", i, "source"),
-                          f"LoRA '{lora.source}' is neither an existing file/folder nor a hub id")
-        elif locate(lora.source, "pytorch_lora_weights.safetensors") is None:
-            yield Problem(("model", "loras", i, "source"), f"LoRA: {how_to_provide(lora.source)}")
+        if not looks_like_hub_id(source):
+            yield Problem(key, f"LoRA '{source}' is neither an existing file/folder nor a hub id")
+        elif locate(source, "pytorch_lora_weights.safetensors") is None:
+            yield Problem(key, f"LoRA: {how_to_provide(source)}")
     blocks = unet.get("block_out_channels")
     if isinstance(blocks, list) and blocks:
         multiple = 8 * 2 ** (len(blocks) - 1)  # the VAE's 8x, then one halving per U-Net level

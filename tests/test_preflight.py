@@ -130,3 +130,16 @@ def test_problems_are_located_at_the_file_line_or_the_flag(tiny_model_dir):
     if sys.platform != "win32":
         assert format_problems(problems, "show.yaml", lines)[0].startswith("show.yaml:5: key 'source.type': ")
         assert format_problems(problems, "show.yaml", lines, ["source"])[0].startswith("command line: key 'source.type'")
+
+
+def test_loras_must_be_here(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"x")
+    found = messages(cfg(tiny_model_dir, model={"lcm_lora": "org/lcm-not-here",
+                                                "loras": [{"source": str(lora)}, {"source": "org/style-not-here"},
+                                                          {"source": "./no/such.safetensors"}]}))
+    assert "streambridge models fetch org/lcm-not-here" in found["model.lcm_lora"]
+    assert "model.loras.0.source" not in found
+    assert "streambridge models fetch org/style-not-here" in found["model.loras.1.source"]
+    assert "neither an existing file/folder nor a hub id" in found["model.loras.2.source"]
