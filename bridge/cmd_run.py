@@ -8,11 +8,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.cli import CliError
 from bridge.cmd_render import add_model_args, parse_size, parse_steps
+
+if TYPE_CHECKING:
+    from bridge.config import DaemonConfig
 
 log = logging.getLogger("streambridge")
 
@@ -117,7 +121,8 @@ def build_config(args: argparse.Namespace):
     return cfg
 
 
-def preflight(cfg, source: str, lines=None, overridden=(), *, allow_download: bool = False) -> None:
+def preflight(cfg: DaemonConfig, source: str, lines: Mapping[tuple[Any, ...], int] | None = None,
+              overridden: Iterable[str] = (), *, allow_download: bool = False) -> None:
     """The checks of meaning (``bridge.preflight``): every problem logged, then one CliError."""
     from bridge.preflight import check, format_problems
 

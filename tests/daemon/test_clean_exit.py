@@ -71,8 +71,11 @@ def test_signal_during_ndi_discovery_exits_0(tiny_model_dir, sig):
 
 
 def test_failing_sink_and_missing_sender_exit_0(tiny_model_dir, tmp_path):
-    # a video sink whose folder does not exist fails on every open; an NDI sink beside it works
-    bad = tmp_path / "no-such-folder" / "out.mp4"
+    # a video sink under a regular file (no folder can be made there) fails on every open; an NDI
+    # sink beside it works
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    bad = blocker / "out.mp4"
     rc, err = stop_with(tiny_model_dir, signal.SIGTERM, 1.5, "--source", "ndi:NoSuchSender",
                         "--sink", f"video:{bad}", "--sink", "ndi:streambridge-exit-test")
     assert rc == 0, err[-1500:]
