@@ -46,7 +46,8 @@ def check_host_port(v: str, *, allow_zero: bool = True, example: str = "127.0.0.
         raise ValueError(f"port should be a number in HOST:PORT (e.g. {example}) but is {port!r}")
     low = 0 if allow_zero else 1
     if not low <= int(port) <= 65535:
-        raise ValueError(f"port {int(port)} is outside {low}..65535" + (" (0 picks a free one)" if allow_zero else ""))
+        raise ValueError(f"the port of HOST:PORT {v!r} is outside {low}..65535"
+                         + (" (0 picks a free one)" if allow_zero else ""))
     return v.strip()
 
 
