@@ -126,7 +126,7 @@ def preflight(cfg: DaemonConfig, source: str, lines: Mapping[tuple[Any, ...], in
     """The checks of meaning (``bridge.preflight``): every problem logged, then one CliError."""
     from bridge.preflight import check, format_problems
 
-    problems = format_problems(check(cfg, allow_download=allow_download), source, lines, overridden)
+    problems = format_problems(check(cfg, allow_download=allow_download, ports=True), source, lines, overridden)
     if problems:
         for line in problems:
             log.error("%s", line)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -175,14 +176,55 @@ def _presets(cfg: DaemonConfig) -> Iterable[Problem]:
                       f"(there: {', '.join(have[:12]) or 'none'}{', ...' if len(have) > 12 else ''})")
 
 
-def check(cfg: DaemonConfig, *, presets: bool = True, allow_download: bool = False) -> list[Problem]:
+def _bind_problem(host: str, port: int, kind: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (resolved as the servers do), or None. The test
+    socket is closed at once."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host or "127.0.0.1", port, type=kind)[0]
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    with socket.socket(family, kind) as sock:
+        if kind == socket.SOCK_STREAM:  # as the HTTP servers do: a TIME_WAIT port is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port} ({exc.strerror or exc}); another program may hold it: " \
+                   "choose another port (0 picks a free one)"
+    return None
+
+
+def _ports(cfg: DaemonConfig) -> Iterable[Problem]:
+    osc_host, _, osc_port = cfg.osc.listen.rpartition(":")
+    wanted: list[tuple[tuple[Any, ...], str, int, int]] = []
+    if cfg.osc.enabled:
+        wanted.append((("osc", "listen"), osc_host, int(osc_port), socket.SOCK_DGRAM))
+        if cfg.osc.query_port:
+            wanted.append((("osc", "query_port"), osc_host, cfg.osc.query_port, socket.SOCK_STREAM))
+    if cfg.status.listen:
+        host, _, port = cfg.status.listen.rpartition(":")
+        wanted.append((("status", "listen"), host, int(port), socket.SOCK_STREAM))
+    for key, host, port, kind in wanted:
+        if port == 0:
+            continue
+        problem = _bind_problem(host, port, kind)
+        if problem:
+            yield Problem(key, problem)
+
+
+def check(cfg: DaemonConfig, *, presets: bool = True, allow_download: bool = False,
+          ports: bool = False) -> list[Problem]:
     """Every problem that would stop this config on this machine (empty: good to go). With
-    ``allow_download`` weights missing here are not problems (they will be fetched)."""
+    ``allow_download`` weights missing here are not problems (they will be fetched); with
+    ``ports`` the listen ports are tried (at start-up only: while a show runs its own ports are
+    taken, so ``validate`` does not try them)."""
     problems: list[Problem] = []
     for part in (_backends, _device) if allow_download else (_backends, _model, _device):
         problems.extend(part(cfg))
     if presets:
         problems.extend(_presets(cfg))
+    if ports:
+        problems.extend(_ports(cfg))
     return problems
 
 

@@ -143,3 +143,21 @@ def test_loras_must_be_here(tiny_model_dir, tmp_path, monkeypatch):
     assert "model.loras.0.source" not in found
     assert "streambridge models fetch org/style-not-here" in found["model.loras.1.source"]
     assert "neither an existing file/folder nor a hub id" in found["model.loras.2.source"]
+
+
+def test_ports_taken_by_another_program_are_found_at_startup(tiny_model_dir):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+        udp.bind(("127.0.0.1", 0))
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen(1)
+        c = cfg(tiny_model_dir, osc={"listen": f"127.0.0.1:{udp.getsockname()[1]}"},
+                status={"listen": f"127.0.0.1:{tcp.getsockname()[1]}"})
+        assert check(c) == []  # validate does not try ports (a running show holds its own)
+        found = {".".join(map(str, p.key)): p.message for p in check(c, ports=True)}
+        assert "cannot listen on 127.0.0.1:" in found["osc.listen"] and "another port" in found["osc.listen"]
+        assert "status.listen" in found
+    assert check(cfg(tiny_model_dir, osc={"listen": "127.0.0.1:0"}), ports=True) == []
+    bad_host = check(cfg(tiny_model_dir, osc={"listen": "no-such-host.invalid:9400"}), ports=True)
+    assert [p.key for p in bad_host] == [("osc", "listen")] and "cannot resolve" in bad_host[0].message
