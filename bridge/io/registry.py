@@ -245,7 +245,8 @@ def create_sink(cfg: SinkConfig | Mapping[str, Any]) -> FrameSink:
 
 def interrupt_opens() -> None:
     """Cut short every backend ``open()`` that may take seconds (NDI discovery), so that a stop
-    never waits for one or leaves a thread inside a native library at exit. Thread-safe."""
+    never waits for one or leaves a thread inside a native library at exit. Thread-safe and
+    process-wide: another daemon in the same process sees one failed attempt and retries."""
     _ndi.interrupt_discovery()
 
 
