@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose, json_lines=args.log_json)
+    stay_offline(args)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -74,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+
+
+def stay_offline(args: argparse.Namespace) -> None:
+    """No command goes online unless asked: ``HF_HUB_OFFLINE=1`` for this process (set before
+    huggingface_hub is imported, which reads it once) except for ``models fetch`` and ``run
+    --allow-download``, or when the variable is already set either way."""
+    asked = getattr(args, "allow_download", False) or getattr(args, "models_command", None) == "fetch"
+    if not asked:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.cli import CliError
 from bridge.cmd_render import (
@@ -18,6 +20,9 @@ from bridge.cmd_render import (
     parse_size,
     parse_steps,
 )
+
+if TYPE_CHECKING:
+    from bridge.config import DaemonConfig
 
 log = logging.getLogger("streambridge")
 
@@ -78,6 +83,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="recall this preset at start-up")
     p.add_argument("--prompt")
     p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--allow-download", action="store_true",
+                   help="fetch missing weights from the hub at start-up (off by default: nothing goes online; "
+                   "prefer `streambridge models fetch NAME` before the show)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,14 +116,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace):
-    from bridge.config import apply_overrides, load_config
+    from bridge.config import apply_overrides, load_config_located
     from bridge.yamlio import ConfigError
 
     try:
-        cfg = load_config(args.config)
-        return apply_overrides(cfg, _overrides(args))
+        cfg, lines = load_config_located(args.config)
+        overrides = _overrides(args)
+        cfg = apply_overrides(cfg, overrides)
     except ConfigError as exc:
         raise CliError(f"invalid configuration:\n{exc}") from None
+    preflight(cfg, args.config or "command line", lines, overrides,
+              allow_download=bool(getattr(args, "allow_download", False)))
+    return cfg
+
+
+def preflight(cfg: DaemonConfig, source: str, lines: Mapping[tuple[Any, ...], int] | None = None,
+              overridden: Iterable[str] = (), *, allow_download: bool = False) -> None:
+    """The checks of meaning (``bridge.preflight``): every problem logged, then one CliError."""
+    from bridge.preflight import check, format_problems
+
+    problems = format_problems(check(cfg, allow_download=allow_download, ports=True), source, lines, overridden)
+    if problems:
+        for line in problems:
+            log.error("%s", line)
+        n = len(problems)
+        raise CliError(f"{n} problem{'s' if n > 1 else ''} to fix before the show (listed above)", code=1)
 
 
 def run_daemon(cfg, duration: float | None, options=None) -> int:
@@ -145,11 +170,41 @@ def run_daemon(cfg, duration: float | None, options=None) -> int:
         daemon.stop()
     if stop_reason:
         log.info("stopped by %s", stop_reason[0])
-    return 0
+    return exit_process_if_stuck(0, daemon.abandoned)
+
+
+def exit_process_if_stuck(code: int, abandoned: list[str]) -> int:
+    """After an orderly stop, end the process at once with ``code`` when a thread is still inside
+    a backend call (``abandoned`` names them); otherwise return ``code``.
+
+    Why: a thread that comes back from a native call while the interpreter is finalising is ended
+    by CPython (3.11-3.13) with ``pthread_exit``, whose forced unwinding runs through the binding's
+    ``noexcept`` GIL guard (pybind11's ``gil_scoped_release`` destructor in ndi-python): the C++
+    runtime then aborts the process (``terminate called without an active exception``, exit 134).
+    Everything that can be released has been by now, so the logs are flushed and ``os._exit``
+    skips the finalisation that would wake that thread up. Only the command line calls this."""
+    if not abandoned:
+        return code
+    log.warning("%s still inside a backend call after the stop; exiting without the interpreter's "
+                "teardown so the native library cannot abort the process", ", ".join(abandoned))
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # flushing is best effort on the way out
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_daemon(build_config(args), args.duration)
+    cfg = build_config(args)  # and the checks of meaning, before torch is even imported
+    from bridge.daemon import DaemonOptions
+
+    return run_daemon(cfg, args.duration, DaemonOptions(allow_download=args.allow_download))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -190,6 +245,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "params": {"mix": args.mix},
     }
     cfg = DaemonConfig.model_validate(data)
+    preflight(cfg, "demo")
     log.info("demo: pattern -> tiny model -> %s; OSC on %s (try: /sd/prompt, /sd/strength, /sd/preset)",
              ", ".join(f"{s['type']}:{s.get('name') or s.get('path', '')}" for s in sinks), args.osc)
     if feedback:
@@ -205,14 +261,22 @@ def _packaged_presets() -> Path:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bridge.config import load_config
+    """Shape (the schema) and then meaning (``bridge.preflight``) of a config file: every problem
+    at once, each with file:line; exit 0/1."""
+    from bridge.config import load_config_located
+    from bridge.preflight import check, format_problems
     from bridge.yamlio import ConfigError
 
     try:
-        load_config(args.file)
+        cfg, lines = load_config_located(args.file)
     except ConfigError as exc:
         for line in exc.problems:
             log.error("%s", line)
+        return 1
+    problems = format_problems(check(cfg), args.file, lines)
+    for line in problems:
+        log.error("%s", line)
+    if problems:
         return 1
     sys.stdout.write(f"{args.file}: OK\n")
     return 0

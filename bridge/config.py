@@ -34,6 +34,23 @@ def _parse_size(v: Any) -> tuple[int, int]:
     return parse_size(v)
 
 
+def check_host_port(v: str, *, allow_zero: bool = True, example: str = "127.0.0.1:9400") -> str:
+    """``HOST:PORT`` with a port in 0..65535 (1..65535 when ``allow_zero`` is false: a place to
+    send to). ValueError naming the problem otherwise."""
+    if not isinstance(v, str):
+        raise ValueError(f"should be HOST:PORT (e.g. {example}) but is {v!r}")
+    host, sep, port = v.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"should be HOST:PORT (e.g. {example}) but has no port: {v!r}")
+    if not port.isdigit():
+        raise ValueError(f"port should be a number in HOST:PORT (e.g. {example}) but is {port!r}")
+    low = 0 if allow_zero else 1
+    if not low <= int(port) <= 65535:
+        raise ValueError(f"the port of HOST:PORT {v!r} is outside {low}..65535"
+                         + (" (0 picks a free one)" if allow_zero else ""))
+    return v.strip()
+
+
 class LoraConfig(_Strict):
     source: str = Field(description="LoRA folder, .safetensors file or hub id")
     scale: float = Field(1.0, ge=-4.0, le=4.0, description="LoRA strength")
@@ -113,6 +130,16 @@ class OscConfig(_Strict):
     name: str = Field("StreamBridge", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _-]*$",
                       description="service name shown by OSCQuery / Bonjour browsers")
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return check_host_port(v)
+
+    @field_validator("feedback")
+    @classmethod
+    def _feedback(cls, v: list[str]) -> list[str]:
+        return [check_host_port(item, allow_zero=False, example="127.0.0.1:9401") for item in v]
+
 
 class StatusConfig(_Strict):
     listen: str | None = Field(None, description="HOST:PORT of the status page (health + input/output "
@@ -123,10 +150,7 @@ class StatusConfig(_Strict):
     def _listen(cls, v: str | None) -> str | None:
         if v is None or v == "":
             return None
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"should be HOST:PORT (e.g. 127.0.0.1:9480; port 0 picks a free one) but is {v!r}")
-        return v
+        return check_host_port(v, example="127.0.0.1:9480")
 
 
 class PresetsConfig(_Strict):
@@ -204,10 +228,15 @@ def _default_sink():
 
 def load_config(path: str | os.PathLike[str] | None) -> DaemonConfig:
     """Load and validate a config file (``None``: all defaults)."""
+    return load_config_located(path)[0]
+
+
+def load_config_located(path: str | os.PathLike[str] | None) -> tuple[DaemonConfig, dict[tuple[Any, ...], int]]:
+    """:func:`load_config` plus the file's line of every key path (empty without a file)."""
     if path is None:
-        return DaemonConfig()
+        return DaemonConfig(), {}
     data, lines = read_yaml_file(path)
-    return validate(DaemonConfig, data, str(path), lines)
+    return validate(DaemonConfig, data, str(path), lines), lines
 
 
 def apply_overrides(cfg: DaemonConfig, overrides: dict[str, Any]) -> DaemonConfig:

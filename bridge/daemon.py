@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from bridge.config import DaemonConfig, default_cache_dir
-from bridge.io.registry import create_sink, create_source
+from bridge.io.registry import create_sink, create_source, interrupt_opens
+from bridge.io.reporting import OpenErrorReport, ReportingSource
 from bridge.live import LiveController, merge_initial
 from bridge.presets import ColdSettings, PresetStore
 from bridge.prompt_cache import PromptCache
@@ -49,6 +50,7 @@ class DaemonOptions:
     # model components built by the caller (e.g. random weights for `doctor --gpu`) instead of
     # loading cfg.model; they must live on cfg.model's device
     components: Any = None
+    allow_download: bool = False  # fetch weights missing here from the hub (never by default)
 
 
 class Daemon:
@@ -73,6 +75,7 @@ class Daemon:
         self.cache: PromptCache | None = None
         self.presets: PresetStore | None = None
         self.source_worker: SourceWorker | None = None
+        self.source_report: OpenErrorReport | None = None
         self.publisher: Publisher | None = None
         self.osc = None
         self.feedback = None
@@ -81,8 +84,10 @@ class Daemon:
         self.advertiser = None
         self.render: RenderLoop | None = None
         self._bypass = bool(cfg.params.bypass)  # set on OSC receipt, not on the render thread
-        self._source_state = "connecting"
+        self._last_source_state = "connecting"  # for the clean-stream reset after a gap
         self._status_extra: dict[str, Any] = {"preset": ""}
+        #: threads :meth:`stop` had to leave inside a backend call (see ``bridge.cmd_run``)
+        self.abandoned: list[str] = []
 
     # ------------------------------------------------------------------ build
     def _build_engine(self) -> None:
@@ -101,6 +106,7 @@ class Daemon:
         spec = ModelSpec(
             model=m.model, vae=m.vae, lcm_lora=m.lcm_lora,
             loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
+            allow_download=self.options.allow_download,
         )
         try:
             components = self.options.components if self.options.components is not None else load_components(spec)
@@ -262,17 +268,21 @@ class Daemon:
         src_cfg = self.cfg.source
 
         def on_state(state: str, detail: str) -> None:
-            previous, self._source_state = self._source_state, state
+            previous, self._last_source_state = self._last_source_state, state
             if state == "live" and previous in ("stalled", "lost", "reconnecting") and self.render is not None:
                 # a clean stream after the gap: no frame built on latents from before it
                 self.render.request_reset(f"source live again after {previous}")
-            self._fb_queue.put(("status", {"source": state}))
+            self._fb_queue.put(("status", {"source": self._source_state()}))
 
         # live -> stalled after max(250 ms, 3 frame intervals) -> lost after max(0.75 s, 2 stall
         # timeouts) -> reconnecting with backoff 0.25 s doubling to 5 s
         health = SourceHealth(min_stall_s=0.25, stall_intervals=3.0, lost_after_s=0.75,
                               backoff_initial_s=0.25, backoff_max_s=5.0)
-        self.source_worker = SourceWorker(lambda: create_source(src_cfg), resizer, self.frames_in, self.metrics,
+        self.source_report = OpenErrorReport(
+            src_cfg.type, on_change=lambda reason: self._fb_queue.put(
+                ("status", {"source": self._source_state(), "source_error": reason})))
+        make_source = ReportingSource.factory(lambda: create_source(src_cfg), self.source_report)
+        self.source_worker = SourceWorker(make_source, resizer, self.frames_in, self.metrics,
                                           on_state=on_state, health=health, name=f"source:{src_cfg.type}",
                                           previews=self.frames_preview)
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
@@ -294,6 +304,13 @@ class Daemon:
     def start(self) -> None:
         """Build everything and start the threads. Raises :class:`StartupError` on fatal problems."""
         t0 = time.perf_counter()
+        from bridge.preflight import backend_problems
+
+        # a backend that cannot run on this OS (or lacks its extra) is a start-up error, found
+        # before the model loads, never a connection retried for ever
+        unavailable = backend_problems(self.cfg)
+        if unavailable:
+            raise StartupError("; ".join(unavailable))
         import cv2
 
         # OpenCV's pool busy-waits after every small call: more CPU per frame than it saves here
@@ -420,12 +437,23 @@ class Daemon:
             "fps_processed": round(float(snap["fps"].get("processed", 0.0)), 2),
             "latency_ms": round(float(lat.get("p50_ms") or 0.0), 2),
             "latency_p95_ms": round(float(lat.get("p95_ms") or 0.0), 2),
-            "source": self.source_worker.state if self.source_worker else "idle",
+            "source": self._source_state(),
+            "source_error": self.source_report.reason if self.source_report is not None else "",
             "render": self.publisher.render_state if self.publisher is not None else "ok",
             "preset": str(self._status_extra.get("preset", "")),
             "dropped": int(sum(snap["dropped"].values())),
             "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
         }
+
+    def _source_state(self) -> str:
+        """The worker's state, except ``error`` while a source that never delivered keeps failing
+        (``source_error`` says why)."""
+        if self.source_worker is None:
+            return "idle"
+        state = self.source_worker.state
+        if state == "connecting" and self.source_report is not None and self.source_report.reason:
+            return "error"
+        return state
 
     def page_status(self) -> dict[str, Any]:
         """The status page's figures: :meth:`status` plus the output and sink details."""
@@ -460,14 +488,22 @@ class Daemon:
     def stop(self) -> None:
         """Stop capture, finish the frame in flight, release senders and receivers."""
         log.info("stopping")
+        self.abandoned = []
+        if self.source_report is not None:
+            self.source_report.close()
         if self.source_worker is not None:
-            self.source_worker.stop(timeout=2.0)
+            interrupt_opens()  # a source still looking for its sender gives up now
+            if not self.source_worker.stop(timeout=2.0):
+                self.abandoned.append(self.source_worker.name)
         self._stop.set()
         self.frames_in.close()
         for t in self._threads:
             t.join(timeout=10.0)
+            if t.is_alive():
+                self.abandoned.append(t.name)
         if self.publisher is not None:
-            self.publisher.stop(timeout=2.0)
+            if not self.publisher.stop(timeout=2.0):
+                self.abandoned.append("publisher")
         if self.osc is not None:
             self.osc.stop()
         if self.status_page is not None:

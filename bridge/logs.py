@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from typing import TextIO
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,8 +23,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+_own_stderr: TextIO | None = None
+
+
+def log_stream() -> TextIO:
+    """Where log lines go: the process's stderr, through a duplicate of its descriptor when it
+    has one, so a brief redirect of descriptor 2 to catch a native library's messages
+    (``bridge.io.native_log``) never catches our own log lines."""
+    global _own_stderr
+    try:
+        if sys.stderr.fileno() != 2:
+            return sys.stderr
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness, or closed
+        return sys.stderr
+    if _own_stderr is None:
+        try:
+            _own_stderr = open(os.dup(2), "w", encoding=sys.stderr.encoding or "utf-8",
+                               errors="backslashreplace", buffering=1)
+        except OSError:
+            return sys.stderr
+    return _own_stderr
+
+
 def setup_logging(verbose: bool = False, json_lines: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(log_stream())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:

@@ -65,7 +65,7 @@ async function refreshFigures(){
     const r=await fetch('/status.json',{cache:'no-store'});
     const s=await r.json();
     const st=document.getElementById('state');
-    st.textContent=s.source; st.className=s.source==='live'?'live':'bad';
+    st.textContent=s.source+(s.source_error?': '+s.source_error:''); st.className=s.source==='live'?'live':'bad';
     const esc=t=>String(t).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
     const rows=[];
     for(const [k,v] of Object.entries(s)){

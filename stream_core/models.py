@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
+from stream_core.weights import LCM_LORA_SD15, TAESD_ID, how_to_provide, looks_like_hub_id
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
-TAESD_ID = "madebyollin/taesd"
-LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
+__all__ = ["DEFAULT_MODEL", "LCM_LORA_SD15", "TAESD_ID", "load_components"]
 
 
 class ModelNotFoundError(RuntimeError):
@@ -51,6 +52,8 @@ class ModelSpec:
     loras: Sequence[LoraSpec] = ()
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    # False (the default): only a local folder or the local hub cache, never the network
+    allow_download: bool = False
 
 
 @dataclass
@@ -108,21 +111,16 @@ def _offline() -> bool:
 
 
 def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and "\\" not in s
+    return looks_like_hub_id(s)
 
 
 def _how_to_provide(name: str) -> str:
-    return (
-        f"'{name}' is not on this machine. Either pass a local diffusers-format folder "
-        f"(--model /path/to/folder), or on a machine with internet run "
-        f"`huggingface-cli download {name}` and copy its Hugging Face cache (HF_HOME, default "
-        f"~/.cache/huggingface) here. For a demo without weights: `streambridge models make-tiny DIR`."
-    )
+    return how_to_provide(name)
 
 
-def _from_pretrained(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
-    """Local folder or hub cache first; the network only when allowed and the cache misses."""
+def _from_pretrained(loader: Any, source: str, what: str, *, allow_download: bool = False, **kwargs: Any) -> Any:
+    """Local folder or hub cache; the network only when ``allow_download`` (and HF_HUB_OFFLINE is
+    not set) and the cache misses. Without it a miss fails at once with one message."""
     path = Path(source).expanduser()
     if path.exists():
         try:
@@ -134,8 +132,9 @@ def _from_pretrained(loader: Any, source: str, what: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(source, local_files_only=True, **kwargs)
     except (OSError, ValueError):
-        if _offline():
+        if not allow_download or _offline():
             raise ModelNotFoundError(f"{what}: {_how_to_provide(source)}") from None
+    log.info("downloading %s (%s): downloads were allowed", source, what)
     try:
         return loader.from_pretrained(source, **kwargs)
     except Exception as exc:
@@ -193,11 +192,12 @@ def _load_components(spec: ModelSpec) -> Components:
 
     device, dtype = resolve_device(spec.device, spec.dtype)
     src = spec.model
+    dl = spec.allow_download
     log.info("loading model %s on %s (%s)", src, device, str(dtype).replace("torch.", ""))
-    tokenizer = _from_pretrained(CLIPTokenizer, src, "tokenizer", subfolder="tokenizer")
-    text_encoder = _from_pretrained(CLIPTextModel, src, "text encoder", subfolder="text_encoder")
-    unet = _from_pretrained(UNet2DConditionModel, src, "U-Net", subfolder="unet")
-    base_sched = _from_pretrained(LCMScheduler, src, "scheduler", subfolder="scheduler")
+    tokenizer = _from_pretrained(CLIPTokenizer, src, "tokenizer", allow_download=dl, subfolder="tokenizer")
+    text_encoder = _from_pretrained(CLIPTextModel, src, "text encoder", allow_download=dl, subfolder="text_encoder")
+    unet = _from_pretrained(UNet2DConditionModel, src, "U-Net", allow_download=dl, subfolder="unet")
+    base_sched = _from_pretrained(LCMScheduler, src, "scheduler", allow_download=dl, subfolder="scheduler")
     scheduler = LCMScheduler.from_config(base_sched.config)
     index = _read_model_index(src) or {}
     orig_sched_class = (index.get("scheduler") or [None, None])[1]
@@ -207,10 +207,10 @@ def _load_components(spec: ModelSpec) -> Components:
         own_vae_class = (index.get("vae") or [None, None])[1]
         if vae_choice == "full" or own_vae_class == "AutoencoderTiny":
             cls = AutoencoderTiny if own_vae_class == "AutoencoderTiny" else AutoencoderKL
-            vae = _from_pretrained(cls, src, "VAE", subfolder="vae")
+            vae = _from_pretrained(cls, src, "VAE", subfolder="vae", allow_download=dl)
             vae_name = f"{src}/vae"
         else:
-            vae = _from_pretrained(AutoencoderTiny, TAESD_ID, "TAESD VAE")
+            vae = _from_pretrained(AutoencoderTiny, TAESD_ID, "TAESD VAE", allow_download=dl)
             vae_name = TAESD_ID
     else:
         vae_cfg = Path(vae_choice).expanduser() / "config.json"
@@ -221,7 +221,7 @@ def _load_components(spec: ModelSpec) -> Components:
                     cls = AutoencoderKL
             except (OSError, json.JSONDecodeError) as exc:
                 raise ModelLoadError(f"cannot read {vae_cfg}: {exc}") from None
-        vae = _from_pretrained(cls, vae_choice, "VAE")
+        vae = _from_pretrained(cls, vae_choice, "VAE", allow_download=dl)
         vae_name = vae_choice
 
     lcm_source: str | None = None
@@ -233,7 +233,7 @@ def _load_components(spec: ModelSpec) -> Components:
 
     loras = list(spec.loras)
     if lcm_source or loras:
-        _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras)
+        _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras, dl)
 
     for m in (text_encoder, unet, vae):
         m.to(device=device, dtype=dtype)
@@ -253,7 +253,7 @@ def _load_components(spec: ModelSpec) -> Components:
     return Components(tokenizer, text_encoder, unet, vae, scheduler, device, dtype, info)
 
 
-def _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras) -> None:
+def _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras, allow_download=False) -> None:
     try:
         import peft  # noqa: F401
     except ImportError:
@@ -286,7 +286,7 @@ def _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras
         if not p.exists() and not _looks_like_hub_id(source):
             raise ModelNotFoundError(f"LoRA '{source}' is neither an existing file/folder nor a hub id")
         try:
-            pipe.load_lora_weights(load_from, local_files_only=_offline() or p.exists(), **kwargs)
+            pipe.load_lora_weights(load_from, local_files_only=not allow_download or _offline() or p.exists(), **kwargs)
         except (OSError, ValueError) as exc:
             if p.exists():
                 raise ModelLoadError(f"cannot load LoRA {source}: {_first_line(exc)}") from None

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so checking a config stays fast
+    import torch
 
 NUM_INFERENCE_STEPS = 50
 MAX_INDEX = NUM_INFERENCE_STEPS - 1
@@ -88,6 +90,8 @@ class StepScalars:
 
 def step_scalars(scheduler, t_index_list: Sequence[int]) -> StepScalars:
     """Compute a, b, c_skip, c_out for each step (float64 on the CPU; callers cast)."""
+    import torch
+
     scheduler.set_timesteps(NUM_INFERENCE_STEPS)
     all_t = scheduler.timesteps
     ts = torch.stack([all_t[k] for k in t_index_list]).long().cpu()

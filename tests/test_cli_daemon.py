@@ -72,7 +72,7 @@ def test_fatal_startup_error_is_one_message(tmp_path):
     assert "no-model-here" in err and "Traceback" not in err
 
 
-def test_validate_reports_file_line_key_value(tmp_path):
+def test_validate_reports_file_line_key_value(tmp_path, tiny_model_dir):
     bad = tmp_path / "show.yaml"
     bad.write_text("pipeline:\n  size: 500x512\n  cfg: sometimes\nosc:\n  listen: 127.0.0.1:9400\n  feedbak: []\n")
     p = streambridge("validate", str(bad))
@@ -82,9 +82,43 @@ def test_validate_reports_file_line_key_value(tmp_path):
     assert f"{bad}:3: key 'pipeline.cfg'" in err and "sometimes" in err
     assert f"{bad}:6: key 'osc.feedbak': unknown key" in err
     good = tmp_path / "good.yaml"
-    good.write_text((REPO / "examples" / "ndi-network.yaml").read_text())
+    # the example names sd-turbo, which this machine does not have: point it at the tiny model
+    good.write_text((REPO / "examples" / "ndi-network.yaml").read_text() + f"model:\n  model: '{tiny_model_dir}'\n")
     p = streambridge("validate", str(good))
-    assert p.wait(timeout=60) == 0
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+
+def test_validate_checks_meaning_and_lists_every_problem(tmp_path, tiny_model_dir):
+    show = tmp_path / "show.yaml"
+    show.write_text(
+        "model:\n"
+        "  model: someone/not-on-this-machine\n"  # 2
+        "  device: cuda\n"  # 3: this torch has no CUDA
+        "source:\n"
+        "  type: spout\n"  # 5: Windows only
+        "  name: TD\n"
+        "sinks:\n"
+        "  - type: syphon\n"  # 8: macOS only
+        "presets:\n"
+        f"  folder: {tmp_path / 'no-presets'}\n"  # 10
+    )
+    p = streambridge("validate", str(show))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert f"{show}:2: key 'model.model'" in err and "streambridge models fetch someone/not-on-this-machine" in err
+    assert f"{show}:3: key 'model.device'" in err and "CUDA" in err
+    assert f"{show}:5: key 'source.type'" in err and "Windows" in err
+    assert f"{show}:8: key 'sinks.0.type'" in err and "macOS" in err
+    assert f"{show}:10: key 'presets.folder'" in err
+    ports = tmp_path / "ports.yaml"
+    ports.write_text("osc:\n  listen: 127.0.0.1:99999\n  feedback: [localhost]\nstatus:\n  listen: 127.0.0.1:70000\n")
+    p = streambridge("validate", str(ports))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert f"{ports}:2: key 'osc.listen'" in err and "99999" in err
+    assert f"{ports}:3: key 'osc.feedback'" in err and "no port" in err
+    assert f"{ports}:5: key 'status.listen'" in err and "70000" in err
 
 
 def test_sources_lists_backends():
@@ -92,3 +126,42 @@ def test_sources_lists_backends():
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0
     assert "ndi" in out and "spout: unavailable" in out and "syphon: unavailable" in out
+
+
+def test_missing_model_fails_fast_without_the_network(tmp_path):
+    """No offline variable, an empty cache, a hub endpoint that records every connection: `run`
+    fails within 5 s with one message saying how to get the model, and never connects."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.1)
+    connections: list[object] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            connections.append(conn)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}",
+               PYTHONPATH=str(REPO))
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "bridge", "run", "--model", "someone/not-on-this-machine",
+                        "--osc", "127.0.0.1:0", "--presets", str(REPO / "presets")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t0
+    done.set()
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "streambridge models fetch someone/not-on-this-machine" in p.stderr
+    assert p.stderr.count("not on this machine") == 1 and "Traceback" not in p.stderr
+    assert not connections
+    assert elapsed < 5.0, f"took {elapsed:.1f} s"

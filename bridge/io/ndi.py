@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 import cv2
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bridge.io._common import SinkConfig, SourceConfig, as_rgb, import_optional
 from bridge.io.base import (
@@ -54,12 +54,32 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 _FINDER_ATTEMPT_S = 0.5
+_WAIT_SLICE_MS = 100  # the longest native wait: a stop interrupts discovery within about this
 
 _lib_lock = threading.Lock()
 _initialized: ModuleType | None = None
 
 
 _native: Any = None
+
+# discoveries in progress: interrupt_discovery() sets their events so a stop never waits for one
+_discoveries: set[threading.Event] = set()
+_discoveries_lock = threading.Lock()
+
+
+def interrupt_discovery() -> int:
+    """Cut short every NDI discovery in progress (each returns within ~0.1 s with what it found;
+    :meth:`NdiSource.open` then raises :class:`SourceGone`). Thread-safe; returns how many.
+
+    Why this matters: a thread that returns from an NDI call while the interpreter is exiting
+    aborts the process (``terminate called without an active exception``, exit 134; see
+    ``bridge.cmd_run.exit_process_if_stuck``). Discovery is the only NDI call that takes seconds,
+    so a stop interrupts it and the source worker ends before the interpreter does."""
+    with _discoveries_lock:
+        events = list(_discoveries)
+    for event in events:
+        event.set()
+    return len(events)
 
 
 def _native_destroy(lib: ModuleType) -> Any:
@@ -146,19 +166,38 @@ def discover(
     extra_ips: Sequence[str] = (),
     *,
     until: Callable[[list[NdiSenderInfo]], bool] | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[NdiSenderInfo]:
     """Senders visible within ``timeout`` s (at least one attempt), one fresh finder per attempt.
 
     Returns the union of every attempt, sorted by name. With ``until``, returns as soon as
-    ``until(senders_so_far)`` is true.
+    ``until(senders_so_far)`` is true. Native waits last at most 0.1 s; when ``cancel`` is set
+    (or :func:`interrupt_discovery` is called) it returns what it has found so far.
     """
     lib = load_ndi()
+    cancel = cancel if cancel is not None else threading.Event()
+    with _discoveries_lock:
+        _discoveries.add(cancel)
+    try:
+        return _discover(lib, timeout, extra_ips, until, cancel)
+    finally:
+        with _discoveries_lock:
+            _discoveries.discard(cancel)
+
+
+def _discover(
+    lib: ModuleType,
+    timeout: float,
+    extra_ips: Sequence[str],
+    until: Callable[[list[NdiSenderInfo]], bool] | None,
+    cancel: threading.Event,
+) -> list[NdiSenderInfo]:
     ips = ",".join(discovery_ips(extra_ips))
     seen: dict[tuple[str, str], NdiSenderInfo] = {}
     deadline = time.monotonic() + max(0.0, timeout)
     attempts = 0
     done = False
-    while not done:
+    while not done and not cancel.is_set():
         attempts += 1
         settings = lib.FindCreate()
         settings.show_local_sources = True
@@ -170,7 +209,7 @@ def discover(
             attempt_end = min(deadline, time.monotonic() + _FINDER_ATTEMPT_S)
             while True:
                 wait_ms = int(1000 * max(0.0, attempt_end - time.monotonic()))
-                lib.find_wait_for_sources(finder, wait_ms)
+                lib.find_wait_for_sources(finder, min(wait_ms, _WAIT_SLICE_MS))
                 # copy the strings out before the finder (which owns them) is destroyed
                 for src in lib.find_get_current_sources(finder):
                     info = NdiSenderInfo(str(src.ndi_name), str(src.url_address))
@@ -178,7 +217,7 @@ def discover(
                 if until is not None and until(sorted(seen.values(), key=_by_name)):
                     done = True
                     break
-                if time.monotonic() >= attempt_end:
+                if time.monotonic() >= attempt_end or cancel.is_set():
                     break
         finally:
             lib.find_destroy(finder)
@@ -324,6 +363,13 @@ class NdiSourceConfig(SourceConfig):
         description="How this receiver shows up in NDI tools.",
     )
 
+    @field_validator("address")
+    @classmethod
+    def _port_in_range(cls, v: str | None) -> str | None:
+        if v is not None and not 1 <= int(v.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"port {int(v.rpartition(':')[2])} in {v!r} is outside 1..65535")
+        return v
+
     @model_validator(mode="after")
     def _need_target(self) -> NdiSourceConfig:
         if not self.name.strip() and not self.address:
@@ -352,18 +398,22 @@ class NdiSource(FrameSource):
         if cfg.address:
             target = NdiSenderInfo(cfg.name.strip(), cfg.address)
         else:
-            t0 = time.monotonic()
+            cancel = threading.Event()
             found = discover(
                 cfg.discovery_timeout,
                 cfg.extra_ips,
                 until=lambda senders: match_sender(cfg.name, senders) is not None,
+                cancel=cancel,
             )
             target = match_sender(cfg.name, found)
+            if target is None and cancel.is_set():
+                raise SourceGone(f"NDI discovery of {cfg.name!r} interrupted (stopping)")
             if target is None:
                 visible = ", ".join(repr(s.name) for s in found) or "none"
+                # no timings in the text: the same reason on every retry is reported once
                 raise SourceGone(
-                    f"NDI sender {cfg.name!r} not found after {time.monotonic() - t0:.1f} s "
-                    f"(visible: {visible})"
+                    f"NDI sender {cfg.name!r} not found (looked {cfg.discovery_timeout:g} s; "
+                    f"visible: {visible})"
                 )
         settings = lib.RecvCreateV3()
         settings.color_format = getattr(lib, _COLOR_FORMATS[cfg.color_format])

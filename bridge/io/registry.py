@@ -46,6 +46,7 @@ __all__ = [
     "SourceConfig",
     "create_sink",
     "create_source",
+    "interrupt_opens",
     "list_senders",
     "parse_sink_config",
     "parse_sink_spec",
@@ -240,6 +241,13 @@ def create_sink(cfg: SinkConfig | Mapping[str, Any]) -> FrameSink:
         if type(cfg) is config_cls:
             return impl(cfg)  # type: ignore[call-arg]
     raise TypeError(f"no sink backend for {type(cfg).__name__}")
+
+
+def interrupt_opens() -> None:
+    """Cut short every backend ``open()`` that may take seconds (NDI discovery), so that a stop
+    never waits for one or leaves a thread inside a native library at exit. Thread-safe and
+    process-wide: another daemon in the same process sees one failed attempt and retries."""
+    _ndi.interrupt_discovery()
 
 
 # -- discovery -----------------------------------------------------------------------------------

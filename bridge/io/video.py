@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from bridge.io._common import FrameClock, SinkConfig, SourceConfig, as_rgb, natural_key
 from bridge.io.base import Frame, FrameError, FrameSink, FrameSource, PixelFormat, SourceGone
+from bridge.io.native_log import capture_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,34 @@ class VideoSource(FrameSource):
                 raise SourceGone(
                     f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}"
                 )
+            self._index = 0
+            native: list[str] = []
+            with capture_native_stderr(native):
+                first = self._first_folder_image()
+            for line in native:
+                log.warning("image-folder source %s: %s", path, line)
+            if first is None:
+                said = f" ({native[-1]})" if native else ""
+                raise SourceGone(
+                    f"none of the {len(self._files)} images in folder {path} can be decoded{said}"
+                )
             self._fps = self.cfg.fps or _DEFAULT_FPS
             log.info(
                 "image-folder source %s: %d images @ %g fps", path, len(self._files), self._fps
             )
         elif path.is_file():
-            cap = cv2.VideoCapture(str(path))
-            if not cap.isOpened():
+            native = []
+            with capture_native_stderr(native):
+                cap = cv2.VideoCapture(str(path))
+                ok, first = cap.read() if cap.isOpened() else (False, None)
+            if not ok or first is None:
                 cap.release()
-                raise SourceGone(f"OpenCV cannot open video file {path}")
+                why = "; ".join(dict.fromkeys(native)) or (
+                    "no frame could be decoded" if cap.isOpened() else "not a video OpenCV can read"
+                )
+                raise SourceGone(f"cannot open video file {path}: {why}")
+            for line in native:
+                log.warning("video source %s: %s", path, line)
             self._cap = cap
             file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
             if self.cfg.fps:
@@ -125,9 +145,8 @@ class VideoSource(FrameSource):
             log.info("video source %s @ %g fps", path, self._fps)
         else:
             raise SourceGone(f"video path {path} does not exist")
-        self._index = 0
         self._seq = 0
-        self._pending = None
+        self._pending = first  # checked above: the first read() delivers it
         self.loops = 0
         self._frame_clock = FrameClock(self._fps, self._clock_fn, self._sleep)
 
@@ -148,6 +167,15 @@ class VideoSource(FrameSource):
         if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise SourceGone(f"video file {self.cfg.path} decoded to an unusable frame")
         return img
+
+    def _first_folder_image(self) -> np.ndarray | None:
+        """The first decodable image, from the start of the folder (quietly: open() reports)."""
+        for i, path in enumerate(self._files):
+            img = _decode_image(path)
+            if img is not None:
+                self._index = (i + 1) % len(self._files)
+                return img
+        return None
 
     def _next_folder_image(self) -> np.ndarray:
         for _ in range(len(self._files)):

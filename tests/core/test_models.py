@@ -34,7 +34,29 @@ def test_missing_hub_model_offline_is_one_clear_error(monkeypatch):
     with pytest.raises(ModelNotFoundError) as exc:
         load_components(ModelSpec(model="someone/not-a-real-model-xyz", device="cpu"))
     msg = str(exc.value)
-    assert "someone/not-a-real-model-xyz" in msg and "--model" in msg and "huggingface-cli download" in msg
+    assert "someone/not-a-real-model-xyz" in msg and "--model" in msg
+    assert "streambridge models fetch someone/not-a-real-model-xyz" in msg
+
+
+def test_missing_model_never_asks_the_network_unless_allowed(monkeypatch):
+    # no offline variable: the loader itself must still stay on the local cache
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from transformers import CLIPTokenizer
+
+    calls: list[dict] = []
+
+    def spy(source, **kwargs):
+        calls.append(kwargs)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", spy)
+    with pytest.raises(ModelNotFoundError, match="streambridge models fetch someone/not-here"):
+        load_components(ModelSpec(model="someone/not-here", device="cpu"))
+    assert calls and all(c.get("local_files_only") is True for c in calls), calls
+    calls.clear()
+    with pytest.raises(ModelNotFoundError):
+        load_components(ModelSpec(model="someone/not-here", device="cpu", allow_download=True))
+    assert [c.get("local_files_only") for c in calls] == [True, None]  # asked for: cache, then the hub
 
 
 def test_missing_taesd_offline_names_it(tiny_model_dir, tmp_path, monkeypatch):
