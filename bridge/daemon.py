@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from bridge.config import DaemonConfig, default_cache_dir
+from bridge.control.feedback import FeedbackQueue
+from bridge.control.ratelog import RateLimitedLog
 from bridge.io.registry import create_sink, create_source
 from bridge.live import LiveController, merge_initial
 from bridge.presets import ColdSettings, PresetStore
@@ -59,7 +60,9 @@ class Daemon:
         self.metrics.add_mailbox("output", self.frames_out)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._fb_queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        # bounded: values latest-wins per address, error replies capped (see FeedbackQueue)
+        self._fb_queue = FeedbackQueue()
+        self._rejected_log = RateLimitedLog(log, logging.INFO, what="rejected OSC messages")
         self.engine = None
         self.controller: LiveController | None = None
         self.cache: PromptCache | None = None
@@ -180,7 +183,7 @@ class Daemon:
             engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
-            status=self._set_status,
+            status=self._set_status, max_presets=self.cfg.presets.max_count,
         )
         v = self.controller.values
         warm = self.controller.prewarm([v["prompt"], v["negative_prompt"]])
@@ -390,20 +393,21 @@ class Daemon:
                     self.follow_source_rate()
                 except Exception:
                     log.exception("following the source rate failed")
-            try:
-                kind, payload = self._fb_queue.get(timeout=0.05)
-            except queue.Empty:
-                kind = None
+            # everything queued since the last pass: newest value per address, capped errors
+            params, status, errors, dropped = self._fb_queue.take(timeout=0.05)
+            for address, reason in errors:
+                self._rejected_log.log("rejected %s: %s", address, reason)
+            self._rejected_log.skip(dropped)
+            self._rejected_log.flush()
             if fb is None:
                 continue
             try:
-                if kind == "params":
-                    fb.send_params(payload)
-                elif kind == "error":
-                    fb.send_error(*payload)
-                    log.info("rejected %s: %s", *payload)
-                elif kind == "status":
-                    fb.send_status(payload)
+                if params:
+                    fb.send_params(params)
+                if status:
+                    fb.send_status(status)
+                for address, reason in errors:
+                    fb.send_error(address, reason)
                 if rate > 0 and fb.targets:
                     fb.maybe_send_status(self.status)
             except Exception:

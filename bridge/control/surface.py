@@ -78,9 +78,11 @@ class StepPreset:
 
 @dataclass(frozen=True)
 class SavePreset:
-    """Save the current live state as a preset with this (already validated) name."""
+    """Save the current live state as a preset with this (already validated) name. An existing
+    preset is only replaced when ``overwrite`` is set (``/sd/preset/save NAME 1``)."""
 
     name: str
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -311,12 +313,25 @@ class ControlSurface:
 
     @staticmethod
     def _save(msg: OscMessage) -> Command:
-        name, tag = _one_arg(msg, "a preset name")
+        if len(msg.args) not in (1, 2):
+            raise _Invalid(
+                f"expected 1 argument (a preset name) or 2 (name, 1 to overwrite), got {len(msg.args)}"
+            )
+        name, tag = msg.args[0], msg.typetags[0]
         if not isinstance(name, str):
             raise _Invalid(f"expected a preset name, got {_TAG_NAMES.get(tag, tag)}")
         if not PRESET_NAME_RE.fullmatch(name):
             raise _Invalid("preset names are 1-64 characters A-Z a-z 0-9 _ -")
-        return SavePreset(name)
+        overwrite = False
+        if len(msg.args) == 2:
+            flag = msg.args[1]
+            if flag is True or flag is False:
+                overwrite = flag
+            elif _is_number(flag) and flag in (0, 1):
+                overwrite = bool(flag)
+            else:
+                raise _Invalid(f"second argument: expected 1 (overwrite) or 0, got {flag!r}")
+        return SavePreset(name, overwrite)
 
     @staticmethod
     def _trigger(make: Callable[[], Command]) -> Callable[[OscMessage], Command | None]:
