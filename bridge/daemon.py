@@ -385,7 +385,7 @@ class Daemon:
     def _feedback_loop(self) -> None:
         fb = self.feedback
         rate = self.cfg.osc.status_rate
-        next_rate_check = 0.0
+        next_rate_check = last_pass = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_rate_check:
                 next_rate_check = time.monotonic() + 1.0
@@ -393,7 +393,12 @@ class Daemon:
                     self.follow_source_rate()
                 except Exception:
                     log.exception("following the source rate failed")
-            # everything queued since the last pass: newest value per address, capped errors
+            # everything queued since the last pass: newest value per address, capped errors; at
+            # most one pass per 10 ms, so a flood of changes does not wake this thread per message
+            rest = 0.01 - (time.monotonic() - last_pass)
+            if rest > 0:
+                self._stop.wait(rest)
+            last_pass = time.monotonic()
             params, status, errors, dropped = self._fb_queue.take(timeout=0.05)
             for address, reason in errors:
                 self._rejected_log.log("rejected %s: %s", address, reason)
