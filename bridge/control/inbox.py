@@ -23,6 +23,7 @@ Pure: no sockets, no threads of its own, no ``bridge`` runtime imports; thread-s
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from bridge.control.surface import (
     SetParams,
     StepPreset,
 )
+
+log = logging.getLogger("bridge.control.inbox")
 
 DEFAULT_MAX_ENTRIES = 64
 DEFAULT_MAX_PER_TICK = 8
@@ -87,6 +90,7 @@ class ControlInbox:
         self._open: dict[str, Any] = {}
         self._queue: deque[tuple[dict[str, Any], list[Command]]] = deque()
         self._in_burst = False
+        self._burst_refused = 0
         self._counts = dict.fromkeys(
             ("batches", "params", "coalesced", "queued", "refused", "overflow_bursts", "drained"), 0
         )
@@ -130,16 +134,36 @@ class ControlInbox:
                     self._in_burst = True
                     self._counts["overflow_bursts"] += 1
                     report = refusal
+                self._burst_refused += 1
                 result: Refusal | None = refusal
+                ended = 0
             else:
-                self._in_burst = False
+                ended = self._end_burst()
                 self._queue.append((self._open, list(batch)))
                 self._open = {}
                 self._counts["queued"] += 1
                 result = None
+        if ended:
+            self._log_burst(ended)
         if report is not None and self.on_refused is not None:
             self.on_refused(report.address, report.reason)
         return result
+
+    def _end_burst(self) -> int:
+        refused, self._burst_refused = self._burst_refused, 0
+        self._in_burst = False
+        return refused
+
+    def _log_burst(self, refused: int) -> None:
+        log.warning("control queue was full: %d command(s) refused (each burst got one /sd/error)", refused)
+
+    def flush(self) -> int:
+        """Log the refusals of a burst still open (at stop, say); returns how many it covered."""
+        with self._lock:
+            ended = self._end_burst()
+        if ended:
+            self._log_burst(ended)
+        return ended
 
     # ---------------------------------------------------------------- the render loop
     def drain(self) -> list[Command]:
@@ -160,6 +184,7 @@ class ControlInbox:
 
     def drain_all(self) -> list[Command]:
         """Everything still waiting, in order, whatever the per-tick cap (used on stop)."""
+        self.flush()
         out: list[Command] = []
         while True:
             part = self.drain()
