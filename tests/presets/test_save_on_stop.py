@@ -62,6 +62,32 @@ def test_save_then_sigterm_is_written(tmp_path, tiny_model_dir):
     assert "preset 'neon-city' already exists" in seen and "/sd/preset/save neon-city 1" in seen
 
 
+def test_save_accepted_before_the_last_tick_is_written_on_stop(tmp_path, tiny_model_dir):
+    """The stop comes before the render loop ticks again (it is busy, or it has just ended): the
+    save waiting in the inbox must still be written before the stop completes."""
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    fb = FeedbackListener()
+    d = Daemon(daemon_config(tiny_model_dir, presets, fb.port), DaemonOptions(prewarm_timeout=30))
+    d.start()
+    try:
+        assert wait_until(lambda: d.frames_rendered > 2, 20)
+        d.controller.tick = lambda now=None: None  # the render loop will not tick again
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(encode_message("/sd/seed", 4242), d.osc.address)
+        sock.sendto(encode_message("/sd/preset/save", "last-look"), d.osc.address)
+        assert wait_until(lambda: d.osc.stats()["accepted"] >= 2, 5)
+        sock.close()
+        d.stop()
+    finally:
+        if d.osc is not None and d.osc.running:
+            d.stop()
+        fb.close()
+    saved = presets / "last-look.yaml"
+    assert saved.exists()
+    assert yaml.safe_load(saved.read_text())["seed"] == 4242  # the state the save was sent in
+
+
 def test_burst_of_300_saves_then_stop_every_one_accounted_for(tmp_path, tiny_model_dir, caplog):
     presets = tmp_path / "presets"
     presets.mkdir()
