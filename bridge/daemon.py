@@ -411,6 +411,7 @@ class Daemon:
                     fb.send_params(params)
                 if status:
                     fb.send_status(status)
+                fb.count_suppressed(dropped)
                 for address, reason in errors:
                     fb.send_error(address, reason)
                 if rate > 0 and fb.targets:

@@ -213,6 +213,14 @@ class FeedbackSender:
         self._send(ERROR_ADDRESS, address, text)
         return True
 
+    def count_suppressed(self, n: int) -> None:
+        """Count ``n`` error replies dropped before they reached :meth:`send_error` (a bounded
+        queue overflowed); the next reply that goes out includes them in its count."""
+        if n > 0:
+            with self._lock:
+                self._counts["errors_suppressed"] += n
+                self._pending_suppressed += n
+
     def stats(self) -> dict[str, int]:
         """``sent`` datagrams, ``send_errors``, ``errors_sent``, ``errors_suppressed``, ``skipped``."""
         with self._lock:

@@ -70,3 +70,25 @@ def test_rejected_log_is_rate_limited_with_a_count(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="test.ratelog"):
         assert rl.log("rejected %s", "again")  # a new interval logs again at once
         assert rl.flush() == 0
+
+
+def test_errors_dropped_by_the_queue_are_counted_in_the_next_reply() -> None:
+    from bridge.control.feedback import FeedbackSender
+
+    sent: list[bytes] = []
+
+    class Transport:
+        def resolve(self, host, port):
+            return (host, port)
+
+        def send(self, data, dest):
+            sent.append(data)
+
+        def close(self):
+            pass
+
+    fb = FeedbackSender([("127.0.0.1", 9)], transport=Transport())
+    fb.count_suppressed(1234)
+    assert fb.send_error("/sd/x", "bad")
+    assert b"(1234 earlier errors suppressed)" in sent[-1]
+    assert fb.stats()["errors_suppressed"] == 1234
