@@ -159,6 +159,18 @@ class Phase:
     def cpu_text(self) -> str:
         return ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in self.cpu.items())
 
+    @property
+    def render_ms(self) -> float | None:
+        """Render-thread CPU per processed frame (independent of how much CPU other processes
+        leave the daemon)."""
+        cpu = self.cpu.get("render")
+        return None if cpu is None or self.fps <= 0 else 1000 * cpu / self.fps
+
+
+def _inbox_stats(daemon) -> dict[str, int]:
+    inbox = getattr(daemon.controller, "inbox", None)  # absent before the bounded control path
+    return inbox.stats() if inbox is not None else {}
+
 
 def run_flooder(port: int, rate: float, seconds: float, kind: str) -> subprocess.Popen:
     p = subprocess.Popen(
@@ -258,6 +270,7 @@ def main() -> int:
             time.sleep(args.quiet)
         return ph
 
+    load0 = os.getloadavg()[0]
     time.sleep(3.0)  # warm up
     results: list[tuple[str, bool, str]] = []
     reset()
@@ -269,7 +282,7 @@ def main() -> int:
     reset()
     base2 = quiet_phase()
     drops0 = osc.kernel_drops() or 0
-    inbox0 = daemon.controller.inbox.stats()
+    inbox0 = _inbox_stats(daemon)
     last_accepted.clear()
     flood, flood_sent = load_phase("flood", args.flood_rate)
     settle()
@@ -278,7 +291,7 @@ def main() -> int:
     time.sleep(0.2)  # a few ticks
     applied = daemon.controller.values["strength"]
     winner = last_accepted[-1] if last_accepted else None
-    inbox1 = daemon.controller.inbox.stats()
+    inbox1 = _inbox_stats(daemon)
     # a change right after the flood
     t_send = time.perf_counter()
     ctl.sendto(_osc_msg("/sd/strength", "f", 0.4242), ("127.0.0.1", port))
@@ -294,7 +307,8 @@ def main() -> int:
     r_steady = steady.fps / b_steady
     r_flood = flood.fps / b_flood
     print(f"host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, torch {torch.__version__}, "
-          f"tiny model 64x64, 2 steps, pattern source at 240 fps, torch threads 1")
+          f"tiny model 64x64, 2 steps, pattern source at 240 fps, torch threads 1; load average at "
+          f"start {load0:.1f}, end {os.getloadavg()[0]:.1f} (other processes skew the ratios)")
     print(f"baseline processed fps: {base1.fps:.1f} / {base2.fps:.1f} / {base3.fps:.1f}  "
           f"(thread CPU s/s: {base2.cpu_text()})")
     print(f"steady {args.steady_rate:.0f} msg/s over 20 addresses: sent {steady_sent}, received "
@@ -303,11 +317,17 @@ def main() -> int:
     print(f"flood {args.flood_rate:.0f} pkt/s, half invalid: sent {flood_sent}, received "
           f"{s2['received'] - s1['received']}, kernel drops {drops1 - drops0}, processed fps {flood.fps:.1f} = "
           f"{r_flood:.2f} x baseline (goal >= 0.80)  (thread CPU s/s: {flood.cpu_text()})")
-    print(f"  inbox during the flood: {inbox1['params'] - inbox0['params']} values received, "
-          f"{inbox1['coalesced'] - inbox0['coalesced']} coalesced away before a tick")
+    if inbox1:
+        print(f"  inbox during the flood: {inbox1['params'] - inbox0['params']} values received, "
+              f"{inbox1['coalesced'] - inbox0['coalesced']} coalesced away before a tick; receiver "
+              f"paused by its CPU budget {s2.get('throttled', 0) - s1.get('throttled', 0)} times")
     print(f"last valid value that arrived: {winner}, applied: {applied} -> "
           f"{'ok' if winner is not None and abs(applied - winner) < 1e-6 else 'MISMATCH'}")
     print(f"change sent after the flood applied in {after_ms:.1f} ms (goal < 100)")
+    ms = [ph.render_ms for ph in (base1, steady, base2, flood, base3)]
+    if None not in ms:
+        print("render-thread CPU per processed frame, ms: quiet {:.1f}, steady {:.1f}, quiet {:.1f}, flood {:.1f}, "
+              "quiet {:.1f} (includes applying the changed parameters each frame)".format(*ms))
     results = [
         ("steady", r_steady >= 0.90),
         ("flood", r_flood >= 0.80),
