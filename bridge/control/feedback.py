@@ -282,6 +282,7 @@ class FeedbackQueue:
         self._errors: deque[tuple[str, str]] = deque()
         self._dropped = 0
         self.dropped_total = 0
+        self._unknown: set[str] = set()
 
     def put(self, item: tuple[str, Any]) -> None:
         kind, payload = item
@@ -299,7 +300,11 @@ class FeedbackQueue:
                     return
                 self._errors.append((str(payload[0]), str(payload[1])))
             else:
-                raise ValueError(f"unknown feedback item kind {kind!r}")
+                first = kind not in self._unknown
+                self._unknown.add(kind)
+                if first:  # a caller's bug: say so once, never raise into its thread
+                    log.warning("feedback queue: unknown item kind %r dropped", kind)
+                return
             self._cond.notify()
 
     def take(self, timeout: float | None = None) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, str]], int]:

@@ -31,6 +31,14 @@ def test_feedback_errors_are_capped_and_counted() -> None:
     assert q.take(0)[3] == 0  # the count is reported once
 
 
+def test_unknown_feedback_kind_is_dropped_not_raised(caplog) -> None:
+    q = FeedbackQueue()
+    with caplog.at_level(logging.WARNING):
+        q.put(("nonsense", {}))
+        q.put(("nonsense", {}))
+    assert len(q) == 0 and len([r for r in caplog.records if "nonsense" in r.getMessage()]) == 1
+
+
 def test_feedback_take_wakes_on_put() -> None:
     q = FeedbackQueue()
     got: list = []

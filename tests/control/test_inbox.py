@@ -64,10 +64,11 @@ def test_per_tick_cap_and_later_values_wait_for_the_commands_before_them() -> No
     assert inbox.drain() == []
 
 
-def test_queue_full_refuses_with_one_error_per_burst() -> None:
+def test_queue_full_refuses_with_one_error_per_burst(caplog) -> None:
     errors: list[tuple[str, str]] = []
     inbox = ControlInbox(max_entries=4, max_per_tick=2, on_refused=lambda a, r: errors.append((a, r)))
-    results = [inbox.put([RecallPreset(i)]) for i in range(10)]
+    with caplog.at_level("WARNING", logger="bridge.control.inbox"):
+        results = [inbox.put([RecallPreset(i)]) for i in range(10)]
     assert results[:4] == [None] * 4
     assert all(r is not None and "queue full" in r.reason for r in results[4:])
     assert errors == [("/sd/preset", results[4].reason)]  # one reply for the burst of six
@@ -77,7 +78,11 @@ def test_queue_full_refuses_with_one_error_per_burst() -> None:
     # a refused bundle changes nothing, its parameter values included
     assert inbox.put([SetParams({"guidance": 9.0}), SavePreset("late")]) is not None
     inbox.drain()
-    assert inbox.put([StepPreset(-1)]) is None  # room again: the burst is over
+    with caplog.at_level("WARNING", logger="bridge.control.inbox"):
+        assert inbox.put([StepPreset(-1)]) is None  # room again: the burst is over...
+    # ...and its refusals are logged once, with their count (the refused bundle included)
+    assert [r.getMessage() for r in caplog.records] == [
+        "control queue was full: 7 command(s) refused (each burst got one /sd/error)"]
     for _ in range(5):
         inbox.put([DumpState()])
     assert len(errors) == 2 and errors[1][0] == "/sd/state"
