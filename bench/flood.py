@@ -92,8 +92,10 @@ def _flood_packets(rng: random.Random) -> list[bytes]:
     return out
 
 
-def flooder(host: str, port: int, rate: float, seconds: float, kind: str) -> None:
-    """Send ``rate`` datagrams/s for ``seconds`` on an absolute schedule (1 ms chunks)."""
+def flooder(host: str, port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0) -> None:
+    """Send ``rate`` datagrams/s for ``seconds`` on an absolute schedule (1 ms chunks). With
+    ``pulse`` > 0, send only in every other ``pulse``-second slice from the time.monotonic()
+    instant the go line gives (on, off, on, ...), for paired on/off measurements."""
     rng = random.Random(7)
     packets = _steady_packets(rng) if kind == "steady" else _flood_packets(rng)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -101,8 +103,14 @@ def flooder(host: str, port: int, rate: float, seconds: float, kind: str) -> Non
     dest = (host, port)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    sys.stdin.readline()  # go
-    start = time.perf_counter()
+    go = sys.stdin.readline().split()
+    if pulse > 0:
+        t0 = float(go[1])
+        while time.monotonic() < t0:
+            time.sleep(0.0005)
+        start = time.perf_counter() - (time.monotonic() - t0)
+    else:
+        start = time.perf_counter()
     sent = 0
     i = 0
     n = len(packets)
@@ -110,7 +118,14 @@ def flooder(host: str, port: int, rate: float, seconds: float, kind: str) -> Non
         now = time.perf_counter() - start
         if now >= seconds:
             break
-        due = int(now * rate) + 1
+        if pulse > 0:
+            k, into = divmod(now, pulse)
+            if int(k) % 2:  # an off slice: wait for the next on slice
+                time.sleep(0.001)
+                continue
+            due = int((int(k) // 2 * pulse + into) * rate) + 1
+        else:
+            due = int(now * rate) + 1
         while sent < due:
             try:
                 sock.sendto(packets[i], dest)
@@ -172,9 +187,9 @@ def _inbox_stats(daemon) -> dict[str, int]:
     return inbox.stats() if inbox is not None else {}
 
 
-def run_flooder(port: int, rate: float, seconds: float, kind: str) -> subprocess.Popen:
+def run_flooder(port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0) -> subprocess.Popen:
     p = subprocess.Popen(
-        [sys.executable, __file__, "--flooder", kind, str(port), str(rate), str(seconds)],
+        [sys.executable, __file__, "--flooder", kind, str(port), str(rate), str(seconds), str(pulse)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -188,11 +203,14 @@ def main() -> int:
     ap.add_argument("--steady-rate", type=float, default=2000.0)
     ap.add_argument("--flood-rate", type=float, default=20000.0)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
-    ap.add_argument("--flooder", nargs=4, metavar=("KIND", "PORT", "RATE", "SECONDS"), help=argparse.SUPPRESS)
+    ap.add_argument("--pulse", type=float, default=0.5, help="slice length of the paired on/off rounds")
+    ap.add_argument("--rounds", type=int, default=10, help="paired on/off rounds per load")
+    ap.add_argument("--flooder", nargs=5, metavar=("KIND", "PORT", "RATE", "SECONDS", "PULSE"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.flooder:
-        kind, port, rate, seconds = args.flooder
-        flooder("127.0.0.1", int(port), float(rate), float(seconds), kind)
+        kind, port, rate, seconds, pulse = args.flooder
+        flooder("127.0.0.1", int(port), float(rate), float(seconds), kind, float(pulse))
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -239,9 +257,12 @@ def main() -> int:
     ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def reset() -> None:
+        # mid-range values, so the quiet phases run the same per-frame work (dry/wet blend,
+        # smoothing, seed crossfade) as the phases where faders move them: the comparison is
+        # then the cost of the traffic, not of a blend being on or off
         for address, value in (("/sd/strength", 0.5), ("/sd/guidance", 1.2), ("/sd/delta", 1.0),
-                               ("/sd/prompt/mix", 0.0), ("/sd/seed/mix", 0.0), ("/sd/mix", 1.0),
-                               ("/sd/smoothing", 0.0), ("/sd/transition", 0.0)):
+                               ("/sd/prompt/mix", 0.5), ("/sd/seed/mix", 0.5), ("/sd/mix", 0.75),
+                               ("/sd/smoothing", 0.45), ("/sd/transition", 0.0)):
             ctl.sendto(_osc_msg(address, "f", value), ("127.0.0.1", port))
         ctl.sendto(_osc_msg("/sd/seed", "i", 2), ("127.0.0.1", port))
         time.sleep(0.3)
@@ -264,6 +285,30 @@ def main() -> int:
             out = p.stdout.readline()
         p.wait(10)
         return ph, int(out.split()[1])
+
+    def paired(kind: str, rate: float) -> float:
+        """Frames rendered in the on slices over frames in the off slices, interleaved: the
+        background load of the machine is the same in both halves."""
+        n = 2 * args.rounds
+        p = run_flooder(port, rate, n * args.pulse, kind, args.pulse)
+        t0 = time.monotonic() + 0.3
+        p.stdin.write(f"go {t0!r}\n")
+        p.stdin.flush()
+        on = off = prev = 0
+        for k in range(n + 1):
+            while time.monotonic() < t0 + k * args.pulse:
+                time.sleep(0.001)
+            count = daemon.frames_rendered
+            if k:
+                if (k - 1) % 2 == 0:
+                    on += count - prev
+                else:
+                    off += count - prev
+            prev = count
+        p.stdout.readline()
+        p.wait(10)
+        settle()
+        return on / max(off, 1)
 
     def quiet_phase() -> Phase:
         with Phase(daemon, threads) as ph:
@@ -300,6 +345,9 @@ def main() -> int:
     after_ms = 1000 * (time.perf_counter() - t_send)
     reset()
     base3 = quiet_phase()
+    pulsed_steady = paired("steady", args.steady_rate)
+    reset()
+    pulsed_flood = paired("flood", args.flood_rate)
     daemon.stop()
 
     b_steady = (base1.fps + base2.fps) / 2
@@ -320,10 +368,12 @@ def main() -> int:
     if inbox1:
         print(f"  inbox during the flood: {inbox1['params'] - inbox0['params']} values received, "
               f"{inbox1['coalesced'] - inbox0['coalesced']} coalesced away before a tick; receiver "
-              f"paused by its CPU budget {s2.get('throttled', 0) - s1.get('throttled', 0)} times")
+              f"slices cut short by its duty limit {s2.get('throttled', 0) - s1.get('throttled', 0)} times")
     print(f"last valid value that arrived: {winner}, applied: {applied} -> "
           f"{'ok' if winner is not None and abs(applied - winner) < 1e-6 else 'MISMATCH'}")
     print(f"change sent after the flood applied in {after_ms:.1f} ms (goal < 100)")
+    print(f"paired rounds ({args.rounds} x {args.pulse:.1f} s on / {args.pulse:.1f} s off, interleaved): "
+          f"steady {pulsed_steady:.2f} x, flood {pulsed_flood:.2f} x the frame rate of the off slices")
     ms = [ph.render_ms for ph in (base1, steady, base2, flood, base3)]
     if None not in ms:
         print("render-thread CPU per processed frame, ms: quiet {:.1f}, steady {:.1f}, quiet {:.1f}, flood {:.1f}, "
@@ -331,6 +381,8 @@ def main() -> int:
     results = [
         ("steady", r_steady >= 0.90),
         ("flood", r_flood >= 0.80),
+        ("steady (paired)", pulsed_steady >= 0.90),
+        ("flood (paired)", pulsed_flood >= 0.80),
         ("last value wins", winner is not None and abs(applied - winner) < 1e-6),
         ("after flood", after_ms < 100),
     ]
