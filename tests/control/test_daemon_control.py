@@ -128,10 +128,14 @@ def test_rejected_packets_do_not_flood_the_log(daemon, caplog):
     d = daemon
     time.sleep(1.1)  # a fresh interval of the rejection log
     with caplog.at_level(logging.INFO, logger="streambridge.daemon"):
-        received = d.osc.stats()["received"]
+        received, drops = d.osc.stats()["received"], d.osc.kernel_drops() or 0
         for i in range(2000):
             sock.sendto(encode_message("/sd/unknown", float(i)), d.osc.address)
-        assert wait_until(lambda: d.osc.stats()["received"] >= received + 2000, 5)
+            if i % 50 == 49:
+                time.sleep(0.01)  # ~5,000/s: within what the receiver takes on a busy machine
+        assert wait_until(lambda: d.osc.stats()["received"] - received + (d.osc.kernel_drops() or 0) - drops
+                          >= 2000, 5)
+        arrived = settle(d)["received"] - received
         time.sleep(1.3)  # the summary is written once the interval is over
     sock.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "streambridge.daemon"]
@@ -140,7 +144,8 @@ def test_rejected_packets_do_not_flood_the_log(daemon, caplog):
     assert 1 <= len(rejected) <= 10, len(rejected)
     assert summaries, lines[-5:]
     counted = sum(int(m.split()[2]) for m in summaries)
-    assert len(rejected) + counted == 2000
+    assert arrived > 1000
+    assert len(rejected) + counted == arrived  # every rejection is a line or in a count
 
 
 def test_save_never_touches_the_disk_on_the_render_thread(daemon, presets):
