@@ -1,7 +1,7 @@
 """What OSC traffic costs the render loop: a real daemon, real UDP, a flooder in its own process.
 
 The daemon runs in this process exactly as ``streambridge run`` builds it: the tiny generated
-model at 64x64, a pattern source fast enough (240 fps) that the render loop never waits for
+model at 64x64, a pattern source fast enough (90 fps) that the render loop never waits for
 input, so its processed frame rate is the render loop's capacity, a null sink. A separate
 process sends pre-built OSC datagrams on a paced schedule (it shares the same CPUs, which is the
 point). Phases, each measured as processed frames per second over the phase:
@@ -230,7 +230,7 @@ def main() -> int:
     cfg = DaemonConfig.model_validate({
         "model": {"model": str(model), "device": "cpu", "dtype": "float32"},
         "pipeline": {"size": [64, 64], "steps": [32, 45], "cfg": "self"},
-        "source": {"type": "pattern", "width": 64, "height": 64, "fps": 240},
+        "source": {"type": "pattern", "width": 64, "height": 64, "fps": 90},
         "sinks": [{"type": "null"}],
         "output": {"fps": 30},
         "osc": {"listen": "127.0.0.1:0", "feedback": ["127.0.0.1:9"], "status_rate": 2},
@@ -355,7 +355,7 @@ def main() -> int:
     r_steady = steady.fps / b_steady
     r_flood = flood.fps / b_flood
     print(f"host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, torch {torch.__version__}, "
-          f"tiny model 64x64, 2 steps, pattern source at 240 fps, torch threads 1; load average at "
+          f"tiny model 64x64, 2 steps, pattern source at 90 fps, torch threads 1; load average at "
           f"start {load0:.1f}, end {os.getloadavg()[0]:.1f} (other processes skew the ratios)")
     print(f"baseline processed fps: {base1.fps:.1f} / {base2.fps:.1f} / {base3.fps:.1f}  "
           f"(thread CPU s/s: {base2.cpu_text()})")

@@ -39,7 +39,7 @@ DEFAULT_RCVBUF = 4 * 1024 * 1024
 _DRAIN_MAX = 512  # datagrams handled per wake-up before checking for stop again
 _BUDGET_CHECK = 16  # datagrams between two looks at the clock
 RECEIVE_PERIOD_S = 0.01  # the receive thread works at most once per period...
-DEFAULT_DUTY = 0.2  # ...for at most this share of it (wall clock), then leaves the GIL alone
+DEFAULT_DUTY = 0.15  # ...for at most this share of it (wall clock), then leaves the GIL alone
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
