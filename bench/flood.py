@@ -13,7 +13,10 @@ point). Phases, each measured as processed frames per second over the phase:
 4. flood: 20,000 packets/s for 5 s, half valid ``/sd/strength`` values, half invalid (garbage
    bytes, unknown addresses, out-of-range values); goal: >= 80 % of the baseline frame rate,
    the last valid value that arrived is the one applied;
-5. right after the flood: ``/sd/strength 0.4242`` from a fresh socket; goal: applied < 100 ms.
+5. right after the flood: ``/sd/strength 0.4242`` from a fresh socket; goal: applied < 100 ms;
+6. paired rounds: the steady load and the flood again, 10 x (0.5 s on, 0.5 s off) interleaved,
+   comparing the frame rate of the on and off slices (the machine's background load is then the
+   same in both; `--rounds`, `--pulse`).
 
 Ratios are measured within one run (baseline = mean of the quiet phases around each load), so
 host noise between runs does not enter them. Also printed: CPU seconds per second used by the
