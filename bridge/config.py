@@ -157,6 +157,8 @@ class PresetsConfig(_Strict):
     folder: str = Field("presets", description="preset folder (hot reloaded)")
     initial: str | None = Field(None, description="preset recalled at start-up")
     cache_size: int = Field(64, ge=4, le=4096, description="ad-hoc prompt embedding LRU size")
+    max_count: int = Field(500, ge=1, le=100_000, description="most presets the folder may hold: "
+                           "/sd/preset/save refuses a new one beyond it")
 
 
 class ParamsConfig(_Strict):

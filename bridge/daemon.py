@@ -11,7 +11,6 @@ latest-wins mailboxes and queues.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from bridge.config import DaemonConfig, default_cache_dir
+from bridge.control.feedback import FeedbackQueue
+from bridge.control.ratelog import RateLimitedLog
 from bridge.io.registry import create_sink, create_source, interrupt_opens
 from bridge.io.reporting import OpenErrorReport, ReportingSource
 from bridge.live import LiveController, merge_initial
@@ -69,7 +70,9 @@ class Daemon:
         self.metrics.add_mailbox("output", self.frames_out)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._fb_queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        # bounded: values latest-wins per address, error replies capped (see FeedbackQueue)
+        self._fb_queue = FeedbackQueue()
+        self._rejected_log = RateLimitedLog(log, logging.INFO, what="rejected OSC messages")
         self.engine = None
         self.controller: LiveController | None = None
         self.cache: PromptCache | None = None
@@ -194,7 +197,7 @@ class Daemon:
             engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
-            status=self._set_status,
+            status=self._set_status, max_presets=self.cfg.presets.max_count,
         )
         v = self.controller.values
         warm = self.controller.prewarm([v["prompt"], v["negative_prompt"]])
@@ -367,15 +370,18 @@ class Daemon:
     def render_errors(self) -> int:
         return self.render.render_errors if self.render is not None else 0
 
-    def submit(self, batch: list[Any]) -> None:
+    def submit(self, batch: list[Any]) -> Any:
         """Queue a validated control batch for the render thread. Bypass takes effect at once
-        (the publisher reads it), so it works even while the render thread is stuck."""
+        (the publisher reads it), so it works even while the render thread is stuck. A batch the
+        controller refuses (its command queue is full) changes nothing, bypass included."""
         from bridge.control.surface import SetParams
 
-        for command in batch:
-            if isinstance(command, SetParams) and "bypass" in command.values:
-                self._bypass = bool(command.values["bypass"])
-        self.controller.submit(batch)
+        refusal = self.controller.submit(batch)
+        if refusal is None:
+            for command in batch:
+                if isinstance(command, SetParams) and "bypass" in command.values:
+                    self._bypass = bool(command.values["bypass"])
+        return refusal
 
     # ------------------------------------------------------------------ threads
     def follow_source_rate(self) -> float | None:
@@ -399,7 +405,7 @@ class Daemon:
     def _feedback_loop(self) -> None:
         fb = self.feedback
         rate = self.cfg.osc.status_rate
-        next_rate_check = 0.0
+        next_rate_check = last_pass = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_rate_check:
                 next_rate_check = time.monotonic() + 1.0
@@ -407,20 +413,27 @@ class Daemon:
                     self.follow_source_rate()
                 except Exception:
                     log.exception("following the source rate failed")
-            try:
-                kind, payload = self._fb_queue.get(timeout=0.05)
-            except queue.Empty:
-                kind = None
+            # everything queued since the last pass: newest value per address, capped errors; at
+            # most one pass per 10 ms, so a flood of changes does not wake this thread per message
+            rest = 0.01 - (time.monotonic() - last_pass)
+            if rest > 0:
+                self._stop.wait(rest)
+            last_pass = time.monotonic()
+            params, status, errors, dropped = self._fb_queue.take(timeout=0.05)
+            for address, reason in errors:
+                self._rejected_log.log("rejected %s: %s", address, reason)
+            self._rejected_log.skip(dropped)
+            self._rejected_log.flush()
             if fb is None:
                 continue
             try:
-                if kind == "params":
-                    fb.send_params(payload)
-                elif kind == "error":
-                    fb.send_error(*payload)
-                    log.info("rejected %s: %s", *payload)
-                elif kind == "status":
-                    fb.send_status(payload)
+                if params:
+                    fb.send_params(params)
+                if status:
+                    fb.send_status(status)
+                fb.count_suppressed(dropped)
+                for address, reason in errors:
+                    fb.send_error(address, reason)
                 if rate > 0 and fb.targets:
                     fb.maybe_send_status(self.status)
             except Exception:

@@ -4,7 +4,11 @@ Other threads (OSC receiver, prompt encoder, preset watcher) only *submit* to an
 loop calls :meth:`LiveController.tick` once before each frame, which drains the inbox, applies
 every change (so an accepted parameter takes effect on the next frame the loop starts), advances a
 running morph and reports what changed. Nothing here blocks: prompt texts are encoded by the
-prompt cache's own thread, and preset saves run on a small worker thread.
+prompt cache's own thread, and preset saves are written by a :class:`bridge.presets.PresetSaver`.
+
+Control batches go through a :class:`bridge.control.inbox.ControlInbox`: parameter changes
+coalesce per parameter (latest wins), discrete commands wait in a bounded queue, and one tick
+applies at most ``max_per_tick`` of them, so no flood of messages can hold up a frame.
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.control.surface import DumpState, RecallPreset, SavePreset, SetParams, StepPreset
+from bridge.control.inbox import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_PER_TICK, ControlInbox, Refusal
+from bridge.control.surface import (
+    Command,
+    DumpState,
+    RecallPreset,
+    SavePreset,
+    SetParams,
+    StepPreset,
+)
 from bridge.params import PARAMS, default_values
-from bridge.presets import ColdSettings, Preset, PresetStore
+from bridge.presets import DEFAULT_MAX_PRESETS, ColdSettings, Preset, PresetSaver, PresetStore
 from bridge.prompt_cache import PromptCache
 from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
 
@@ -71,6 +82,9 @@ class LiveController:
         error: Callable[[str, str], None] = lambda address, reason: None,
         status: Callable[[str, Any], None] = lambda key, value: None,
         clock: Callable[[], float] = time.monotonic,
+        max_queued: int = DEFAULT_MAX_ENTRIES,
+        max_per_tick: int = DEFAULT_MAX_PER_TICK,
+        max_presets: int = DEFAULT_MAX_PRESETS,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
@@ -80,7 +94,10 @@ class LiveController:
         self._error = error
         self._status = status
         self._clock = clock
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # OSC batches: coalesced params + a bounded command queue; internal events (prompt
+        # encoded, presets reloaded) are rare and go through their own small queue
+        self.inbox = ControlInbox(max_queued, max_per_tick, on_refused=self._error)
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.values: dict[str, Any] = default_values()
         if initial:
             self.values.update(initial)
@@ -88,7 +105,10 @@ class LiveController:
         self._morph: _Morph | None = None
         self._pending_recall: tuple[str, Preset, str] | None = None
         self._conditioning_dirty = True
-        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preset-save")
+        self.saver = (
+            PresetSaver(presets, max_count=max_presets, on_error=self._error) if presets is not None else None
+        )
+        self._closed = False
         self.applied_batches = 0
         self._last_failure_log = float("-inf")  # control-tick failures are logged at most every few seconds
         self._failures_unlogged = 0
@@ -101,15 +121,16 @@ class LiveController:
         return dict(self.values)
 
     # ------------------------------------------------------------------ thread-safe submission
-    def submit(self, batch: list[Any]) -> None:
-        """Queue one validated batch (applied whole on the next frame). Never blocks."""
-        self._inbox.put(("batch", batch))
+    def submit(self, batch: list[Command]) -> Refusal | None:
+        """Queue one validated batch (applied whole, on the next tick that reaches it). Never
+        blocks; a refused batch (command queue full) changes nothing and is reported."""
+        return self.inbox.put(batch)
 
     def notify_presets_changed(self, changed: dict[str, Preset], removed: list[str], errors: dict[str, str]) -> None:
-        self._inbox.put(("presets", (changed, removed, errors)))
+        self._events.put(("presets", (changed, removed, errors)))
 
     def _embedding_ready(self, text: str, value: Any) -> None:
-        self._inbox.put(("embed", text))
+        self._events.put(("embed", text))
 
     # ------------------------------------------------------------------ render-thread side
     def tick(self, now: float | None = None) -> None:
@@ -117,19 +138,20 @@ class LiveController:
         now = self._clock() if now is None else now
         while True:
             try:
-                kind, payload = self._inbox.get_nowait()
+                kind, payload = self._events.get_nowait()
             except queue.Empty:
                 break
             try:
-                if kind == "batch":
-                    self._apply_batch(payload, now)
-                elif kind == "embed":
+                if kind == "embed":
                     self._conditioning_dirty = True
                 elif kind == "presets":
                     self._presets_changed(*payload)
             except Exception as exc:  # a bug must not kill the render loop; report it
-                log.exception("control command failed")
+                log.exception("control event failed")
                 self._error("/sd", f"internal error: {exc}")
+        commands = self.inbox.drain()  # capped: <= max_per_tick commands + one entry per parameter
+        if commands:
+            self._apply_batch(commands, now)
         if self._pending_recall is not None:
             name, preset, origin = self._pending_recall
             if all(self.cache.get(t) is not None for t in self._texts_for(preset)):
@@ -143,25 +165,32 @@ class LiveController:
             self._update_noise()
 
     # ------------------------------------------------------------------ commands
-    def _apply_batch(self, batch: list[Any], now: float) -> None:
+    def _apply_batch(self, batch: list[Command], now: float) -> None:
         self.applied_batches += 1
         for cmd in batch:
-            if isinstance(cmd, SetParams):
-                self._set_params(cmd.values)
-            elif isinstance(cmd, RecallPreset):
-                self._recall(cmd.ref, now)
-            elif isinstance(cmd, StepPreset):
-                if self.presets is None or not self.presets.names():
-                    self._error("/sd/preset/next" if cmd.delta > 0 else "/sd/preset/prev", "no presets loaded")
-                    continue
-                name = self.presets.step(self.current_preset, cmd.delta)
-                if name is not None:
-                    self._recall(name, now)
-            elif isinstance(cmd, SavePreset):
-                self._save(cmd.name)
-            elif isinstance(cmd, DumpState):
-                self._feedback(dict(self.values))
-                self._status("preset", self.current_preset or "")
+            try:
+                self._apply_command(cmd, now)
+            except Exception as exc:  # a bug must not kill the render loop; report it
+                log.exception("control command failed")
+                self._error("/sd", f"internal error: {exc}")
+
+    def _apply_command(self, cmd: Command, now: float) -> None:
+        if isinstance(cmd, SetParams):
+            self._set_params(cmd.values)
+        elif isinstance(cmd, RecallPreset):
+            self._recall(cmd.ref, now)
+        elif isinstance(cmd, StepPreset):
+            if self.presets is None or not self.presets.names():
+                self._error("/sd/preset/next" if cmd.delta > 0 else "/sd/preset/prev", "no presets loaded")
+                return
+            name = self.presets.step(self.current_preset, cmd.delta)
+            if name is not None:
+                self._recall(name, now)
+        elif isinstance(cmd, SavePreset):
+            self._save(cmd.name, cmd.overwrite)
+        elif isinstance(cmd, DumpState):
+            self._feedback(dict(self.values))
+            self._status("preset", self.current_preset or "")
 
     def _set_params(self, values: dict[str, Any]) -> None:
         changed: dict[str, Any] = {}
@@ -427,30 +456,50 @@ class LiveController:
 
         return self.cache.prewarm(texts, pin=True, on_progress=progress)
 
-    def _save(self, name: str) -> None:
-        if self.presets is None:
+    def _save(self, name: str, overwrite: bool = False, values: dict[str, Any] | None = None) -> None:
+        """Capture the live state (no disk access here) and hand it to the saver thread."""
+        if self.saver is None:
             self._error("/sd/preset/save", "no preset folder configured")
             return
-        hot = {k: v for k, v in self.values.items() if k not in ("bypass",)}
+        hot = {k: v for k, v in (self.values if values is None else values).items() if k not in ("bypass",)}
         try:
             preset = Preset.model_validate({k: v for k, v in hot.items() if k in Preset.model_fields})
-            self.presets.target_path(name)  # name checks before anything touches the disk
         except Exception as exc:
-            self._error("/sd/preset/save", str(exc).splitlines()[0])
+            reason = f"preset '{name}' not saved: {str(exc).splitlines()[0]}"
+            log.warning("%s", reason)
+            self._error("/sd/preset/save", reason)
             return
-
-        def work() -> None:
-            try:
-                path = self.presets.save(name, preset)
-                log.info("saved preset %s to %s", name, path)
-            except Exception as exc:
-                log.error("saving preset %s failed: %s", name, exc)
-                self._error("/sd/preset/save", str(exc).splitlines()[0])
-
-        self._saver.submit(work)
+        self.saver.submit(name, preset, overwrite)
 
     def close(self) -> None:
-        self._saver.shutdown(wait=True)
+        """Stop: hand every save still waiting in the inbox to the saver, then write them all.
+
+        Called once the render loop has ended (it no longer ticks). Commands still queued are
+        replayed on a copy of the live values, in order, without touching the pipeline, so each
+        save records the state it was sent in; recalls and other commands that no longer matter
+        are dropped, and saves are written (or refused with a logged error) before this returns.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        values = dict(self.values)
+        dropped = 0
+        for cmd in self.inbox.drain_all():
+            if isinstance(cmd, SetParams):
+                values.update(cmd.values)
+            elif isinstance(cmd, SavePreset):
+                self._save(cmd.name, cmd.overwrite, values)
+            elif isinstance(cmd, RecallPreset):
+                found = self._resolve(cmd.ref)
+                if found is not None and not found[1].cold_conflicts(self.cold):
+                    values.update(found[1].hot_values())  # a save after it records the preset
+                dropped += 1
+            else:
+                dropped += 1
+        if dropped:
+            log.info("stopping: %d queued control command(s) not applied", dropped)
+        if self.saver is not None:
+            self.saver.close()
 
 
 def merge_initial(params: dict[str, Any]) -> dict[str, Any]:

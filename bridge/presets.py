@@ -419,6 +419,14 @@ def preset_sort_key(name: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- the folder
 
 
+class PresetExistsError(ValueError):
+    """A save would replace an existing preset and was not asked to."""
+
+
+class PresetLimitError(ValueError):
+    """A save would add a preset past the configured maximum."""
+
+
 class PresetChanges(NamedTuple):
     """What one reload changed. ``errors`` holds the files that failed in *this* reload."""
 
@@ -711,14 +719,30 @@ class PresetStore:
             raise ValueError(f"refusing to save preset {name!r}: {resolved} is outside {folder}")
         return target
 
-    def save(self, name: str, preset: Preset) -> Path:
+    def count_files(self) -> int:
+        """How many preset files the folder holds now (reads the folder)."""
+        snap = self._snapshot()
+        return len({Path(f).stem for f in snap}) if snap is not None else len(self)
+
+    def save(self, name: str, preset: Preset, *, overwrite: bool = True, max_count: int | None = None) -> Path:
         """Write ``preset`` as ``<folder>/<name>.yaml`` atomically and return the path.
 
         The name is checked against the allow-list and the path must resolve inside the folder
-        before anything touches the disk. The text is checked to load back to an equal preset
-        before it is written. The store picks the file up on the next reload/watch cycle.
+        before anything touches the disk. With ``overwrite=False`` an existing preset is left
+        alone (:class:`PresetExistsError`); a new preset is refused once the folder holds
+        ``max_count`` presets (:class:`PresetLimitError`). The text is checked to load back to an
+        equal preset before it is written. The store picks the file up on the next reload/watch
+        cycle.
         """
         target = self.target_path(name)
+        exists = target.exists()
+        if exists and not overwrite:
+            raise PresetExistsError(f"preset '{name}' already exists ({target.name}); not overwritten")
+        if not exists and max_count is not None and self.count_files() >= max_count:
+            raise PresetLimitError(
+                f"preset '{name}' not saved: the folder holds {max_count} presets, the limit "
+                "(presets.max_count); delete some or raise the limit"
+            )
         text = dump_preset(preset)
         back = parse_preset_text(text, str(target))
         if back != preset:
@@ -726,3 +750,135 @@ class PresetStore:
         atomic_write_text(target, text)
         log.info("preset '%s' saved to %s", name, target)
         return target
+
+
+# ---------------------------------------------------------------- saving off the render thread
+
+DEFAULT_MAX_PRESETS = 500
+SAVE_MAX_PENDING = 16  # distinct preset names waiting to be written
+SAVE_MIN_INTERVAL_S = 0.2  # at most 5 files a second while the show runs (none skipped on close)
+
+
+class PresetSaver:
+    """Writes preset saves on its own thread, so the render loop never touches the disk.
+
+    :meth:`submit` (any thread, never blocks) queues ``(name, preset, overwrite)``. Saves of the
+    same name coalesce (the latest state and overwrite flag win; the earlier one is counted as
+    ``superseded``); at most ``max_pending`` distinct names wait, more are refused. The thread
+    writes at most one file per ``min_interval`` seconds, so 500 saves a second write a handful
+    of files. Every outcome is reported: a refusal or a failed write calls ``on_error(address,
+    reason)`` and is logged. :meth:`close` writes everything still pending (no interval) before
+    it returns: nothing accepted is lost on stop.
+    """
+
+    ADDRESS = "/sd/preset/save"
+
+    def __init__(
+        self,
+        store: PresetStore,
+        *,
+        max_count: int = DEFAULT_MAX_PRESETS,
+        max_pending: int = SAVE_MAX_PENDING,
+        min_interval: float = SAVE_MIN_INTERVAL_S,
+        on_error: Callable[[str, str], None] = lambda address, reason: None,
+        on_saved: Callable[[str, Path], None] = lambda name, path: None,
+    ) -> None:
+        self.store = store
+        self.max_count = max_count
+        self.max_pending = max_pending
+        self.min_interval = min_interval
+        self._on_error = on_error
+        self._on_saved = on_saved
+        self._cond = threading.Condition()
+        self._pending: dict[str, tuple[Preset, bool]] = {}
+        self._closing = False
+        self._counts = dict.fromkeys(("accepted", "superseded", "written", "refused", "failed"), 0)
+        self._thread = threading.Thread(target=self._run, name="preset-save", daemon=True)
+        self._thread.start()
+
+    def submit(self, name: str, preset: Preset, overwrite: bool = False) -> str | None:
+        """Queue a save. Returns None if accepted, else the reason it was refused (also reported
+        through ``on_error``). Only the name's characters are checked here (no disk access)."""
+        try:
+            check_name(name)
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        with self._cond:
+            if self._closing:
+                reason = f"preset '{name}' not saved: stopping"
+            elif name not in self._pending and len(self._pending) >= self.max_pending:
+                reason = f"preset '{name}' not saved: {self.max_pending} saves are already waiting"
+            else:
+                if name in self._pending:
+                    self._counts["superseded"] += 1
+                    del self._pending[name]
+                self._pending[name] = (preset, overwrite)
+                self._counts["accepted"] += 1
+                self._cond.notify()
+                return None
+        return self._refuse(reason)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def stats(self) -> dict[str, int]:
+        """``accepted``, ``superseded`` (replaced by a later save of the same name before it was
+        written), ``written``, ``refused`` (never queued), ``failed`` (queued, not written)."""
+        with self._cond:
+            return dict(self._counts)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write every pending save now, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._cond:
+                left = list(self._pending)
+            log.error("preset saves still pending after %.1f s at stop: %s", timeout, ", ".join(left) or "-")
+
+    # ---- the saver thread ----
+
+    def _refuse(self, reason: str) -> str:
+        with self._cond:
+            self._counts["refused"] += 1
+        log.warning("%s", reason)
+        self._on_error(self.ADDRESS, reason)
+        return reason
+
+    def _run(self) -> None:
+        next_write = 0.0
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:  # closing and nothing left
+                    return
+                if not self._closing:
+                    delay = next_write - time.monotonic()
+                    if delay > 0:
+                        self._cond.wait(delay)  # more saves of the same name coalesce meanwhile
+                        continue
+                name = next(iter(self._pending))
+                preset, overwrite = self._pending.pop(name)
+            self._write(name, preset, overwrite)
+            next_write = time.monotonic() + self.min_interval
+
+    def _write(self, name: str, preset: Preset, overwrite: bool) -> None:
+        try:
+            path = self.store.save(name, preset, overwrite=overwrite, max_count=self.max_count)
+        except PresetExistsError as exc:
+            reason = f"{exc}: send /sd/preset/save {name} 1 to overwrite it"
+        except Exception as exc:
+            reason = f"saving preset '{name}' failed: {str(exc).splitlines()[0]}"
+        else:
+            with self._cond:
+                self._counts["written"] += 1
+            self._on_saved(name, path)
+            return
+        with self._cond:
+            self._counts["failed"] += 1
+        log.warning("%s", reason)
+        self._on_error(self.ADDRESS, reason)

@@ -25,6 +25,7 @@ import numbers
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -212,6 +213,14 @@ class FeedbackSender:
         self._send(ERROR_ADDRESS, address, text)
         return True
 
+    def count_suppressed(self, n: int) -> None:
+        """Count ``n`` error replies dropped before they reached :meth:`send_error` (a bounded
+        queue overflowed); the next reply that goes out includes them in its count."""
+        if n > 0:
+            with self._lock:
+                self._counts["errors_suppressed"] += n
+                self._pending_suppressed += n
+
     def stats(self) -> dict[str, int]:
         """``sent`` datagrams, ``send_errors``, ``errors_sent``, ``errors_suppressed``, ``skipped``."""
         with self._lock:
@@ -251,3 +260,66 @@ class FeedbackSender:
             else:
                 with self._lock:
                     self._counts["sent"] += 1
+
+
+class FeedbackQueue:
+    """The bounded hand-over from every producer (render loop, OSC receiver, source worker) to
+    the feedback thread.
+
+    Values are latest-wins per name (``params``) and per key (``status``): a fader moved 2,000
+    times a second costs one slot, and the feedback thread sends its newest value. Error replies
+    are kept in order up to ``max_errors``; more are dropped and counted (the sender's token
+    bucket would refuse them anyway). ``put((kind, payload))`` takes the same items a plain queue
+    did: ``("params", {name: value})``, ``("status", {key: value})``, ``("error", (address,
+    reason))``. Thread-safe; ``put`` never blocks.
+    """
+
+    def __init__(self, max_errors: int = 64) -> None:
+        self.max_errors = max_errors
+        self._cond = threading.Condition()
+        self._params: dict[str, Any] = {}
+        self._status: dict[str, Any] = {}
+        self._errors: deque[tuple[str, str]] = deque()
+        self._dropped = 0
+        self.dropped_total = 0
+        self._unknown: set[str] = set()
+
+    def put(self, item: tuple[str, Any]) -> None:
+        kind, payload = item
+        with self._cond:
+            if kind == "params":
+                for name, value in payload.items():
+                    self._params.pop(name, None)  # re-insert: send order follows the latest change
+                    self._params[name] = value
+            elif kind == "status":
+                self._status.update(payload)
+            elif kind == "error":
+                if len(self._errors) >= self.max_errors:
+                    self._dropped += 1
+                    self.dropped_total += 1
+                    return
+                self._errors.append((str(payload[0]), str(payload[1])))
+            else:
+                first = kind not in self._unknown
+                self._unknown.add(kind)
+                if first:  # a caller's bug: say so once, never raise into its thread
+                    log.warning("feedback queue: unknown item kind %r dropped", kind)
+                return
+            self._cond.notify()
+
+    def take(self, timeout: float | None = None) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, str]], int]:
+        """Wait up to ``timeout`` for something, then take everything: ``(params, status, errors,
+        errors dropped since the last take)``."""
+        with self._cond:
+            if not (self._params or self._status or self._errors or self._dropped):
+                self._cond.wait(timeout)
+            params, self._params = self._params, {}
+            status, self._status = self._status, {}
+            errors = list(self._errors)
+            self._errors.clear()
+            dropped, self._dropped = self._dropped, 0
+        return params, status, errors, dropped
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._params) + len(self._status) + len(self._errors)

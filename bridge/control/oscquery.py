@@ -79,7 +79,8 @@ def _leaf(surface: ControlSurface, address: str, values: Mapping[str, Any], pres
                 "DESCRIPTION": "recall a preset by name (or by its index in this list, as an int)"}
     if address == ADDR_PRESET_SAVE:
         return {"TYPE": "s", "ACCESS": ACCESS_WRITE,
-                "DESCRIPTION": "save the live state as a preset with this name ([A-Za-z0-9_-], up to 64)"}
+                "DESCRIPTION": "save the live state as a preset with this name ([A-Za-z0-9_-], up to 64); "
+                               "an existing one is replaced only with a second argument 1"}
     if address in _TRIGGERS:
         return {"TYPE": "I", "ACCESS": ACCESS_WRITE, "DESCRIPTION": _TRIGGERS[address]}
     raise KeyError(address)

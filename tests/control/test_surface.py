@@ -115,3 +115,49 @@ def test_docs_list_every_address_and_default() -> None:
     for status in ("fps", "latency_ms", "source", "preset", "dropped"):
         assert f"/sd/status/{status}" in text
     assert "/sd/error" in text and "/sd/norm/" in text
+
+
+def test_fast_path_gives_exactly_what_the_full_path_gives() -> None:
+    """Faders take a shortcut through the table; it must agree with the full decoder on every
+    datagram, accepted or refused (random values, every parameter, both numeric tags)."""
+    import random
+    import struct
+
+    from bridge.control.codec import decode_packet, encode_message
+    from bridge.params import PARAMS
+
+    surface = ControlSurface()
+    rng = random.Random(3)
+    packets = []
+    for spec in PARAMS.values():
+        for _ in range(200):
+            x = rng.choice([rng.uniform(-1, 25), rng.random(), 0.0, 1.0, float(rng.randrange(-3, 3)),
+                            float("nan"), float("inf"), 1e30, rng.randrange(0, 2**31)])
+            packets.append(encode_message(spec.address, float(x) if isinstance(x, float) else x))
+            packets.append(encode_message(spec.address, int(x) if x == x and abs(x) < 2**31 else 0))
+        packets.append(encode_message(spec.address, "text"))
+        packets.append(encode_message(spec.address, 1.0, 2.0))
+        good = encode_message(spec.address, 0.5)
+        packets.append(good[:-4])  # truncated
+        packets.append(good.replace(b"\x00,", b"\x01,", 1))  # broken padding
+    packets.append(struct.pack(">4s", b"/sd/") + b"\x00" * 4 + b",f\x00\x00" + b"\x00" * 4)
+    fast_hits = 0
+    for data in packets:
+        got = surface.process(data)
+        full = surface.validate(decode_packet(data)) if _decodes(data) else None
+        if surface._fast_path(data) is not None:
+            fast_hits += 1
+            assert got == full, data
+        elif full is not None:
+            assert got == full, data
+    assert fast_hits > 1000
+
+
+def _decodes(data: bytes) -> bool:
+    from bridge.control.codec import DecodeError, decode_packet
+
+    try:
+        decode_packet(data)
+    except DecodeError:
+        return False
+    return True
