@@ -10,6 +10,11 @@ runs one stream call and hands the output frames to the publisher's mailbox. Wha
 * **A gap**: when the source comes back live (:meth:`RenderLoop.request_reset`, called from the
   source worker's state callback) and when bypass ends, the stream buffer and smoothing state are
   reset before the next frame, so no frame after the gap is built on latents from before it.
+* **Overlap on a GPU**: the frame's download is asynchronous (pinned memory and a CUDA event), so
+  the loop queues frame *t* on the GPU before it waits for frame *t - 1*'s download and hands that
+  one on: the CPU never waits for the GPU's newest work, at the price of one frame of latency
+  (``overlap``; on by default when the engine runs on CUDA, off on the CPU where nothing is
+  asynchronous). A reset drops the frame in flight.
 * **Bypass**: the loop leaves the model alone; the publisher shows input frames straight from the
   source side, so bypass also works while a call here is stuck.
 
@@ -58,6 +63,7 @@ class RenderLoop:
         on_error: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         report_interval_s: float = 10.0,
+        overlap: bool | None = None,
     ) -> None:
         self.engine = engine
         self.controller = controller
@@ -82,6 +88,13 @@ class RenderLoop:
         self.resets = 0
         self.last_error = ""
         self.last_input: np.ndarray | None = None  # the newest input frame taken (a reference)
+        if overlap is None:
+            runner = getattr(engine, "runner", None)
+            device = getattr(getattr(runner, "device", None), "type", None)
+            overlap = device == "cuda" and hasattr(engine, "process_async")
+        self.overlap = bool(overlap)
+        # overlap: the previous call's (pending frame, capture meta, skipped) whose download is in flight
+        self._deferred: tuple[Any, list[tuple[float, int]], bool] | None = None
 
     # -- from other threads ----------------------------------------------------------------------
 
@@ -135,11 +148,23 @@ class RenderLoop:
             meta = [(pk.t_capture, pk.seq) for pk in batch]
             mix = float(self.controller.values["mix"])
             # the dry/wet mix happens on the device, inside the engine
-            out = engine.process(rgb_in, mix=mix) if mix < 1.0 else engine.process(rgb_in)
-            if getattr(engine, "output_finite", True) is False:
+            if self.overlap:
+                pending = engine.process_async(rgb_in, mix=mix if mix < 1.0 else None)
+                previous, self._deferred = self._deferred, (pending, meta, bool(engine.pipeline.last_skipped))
+                if previous is None:  # the first call after a (re)start: nothing to hand on yet
+                    self._progress()
+                    return
+                pending, meta, skipped = previous
+                out = pending.result()  # queued a whole call ago: normally already in host memory
+                finite = pending.finite
+            else:
+                out = engine.process(rgb_in, mix=mix) if mix < 1.0 else engine.process(rgb_in)
+                finite = getattr(engine, "output_finite", True)
+                skipped = engine.pipeline.last_skipped
+            if finite is False:
                 self._nonfinite()
                 return
-            if engine.pipeline.last_skipped:
+            if skipped:
                 self.metrics.count("skipped")
                 self._progress()
                 return
@@ -193,6 +218,7 @@ class RenderLoop:
     def _drop_stream_state(self) -> None:
         self._pending.clear()
         self._in_flight.clear()
+        self._deferred = None  # a frame in flight was built on the state being dropped
 
     def _progress(self) -> None:
         if self._on_progress is not None:

@@ -129,3 +129,58 @@ def test_an_exception_resets_the_stream_and_is_reported_once(tiny_components, ca
     assert len(rig.errors) == 1 and "injected device error" in rig.errors[0][1]
     rig.engine.pipeline.runner.mode = "ok"
     assert len(rig.feed(120, 2)) == 2
+
+
+def _overlapped(rig: Rig) -> Rig:
+    rig.loop.overlap = True  # as on CUDA: queue the next frame before waiting for this one's download
+    return rig
+
+
+def test_overlap_hands_on_the_same_frames_one_call_later(tiny_components):
+    want = Rig(_engine(tiny_components)).feed(200, 5)
+    rig = _overlapped(Rig(_engine(tiny_components)))
+    got = []
+    for k in range(6):
+        out = rig.feed(200, 1)
+        if k == 0:
+            assert out == []  # its download is still "in flight": nothing to hand on yet
+        got += out
+    assert len(got) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_overlap_drops_the_frame_in_flight_on_a_non_finite_output(tiny_components):
+    rig = _overlapped(Rig(_engine(tiny_components)))
+    rig.feed(120, 3)
+    runner = rig.engine.pipeline.runner
+    runner.mode = "nan"
+    handed = rig.feed(120, 1)  # queues a NaN frame, hands on the previous (good) one
+    assert len(handed) == 1 and rig.loop.nonfinite_outputs == 0
+    runner.mode = "ok"
+    assert rig.feed(120, 1) == []  # the NaN frame's download lands: held back, stream reset
+    assert rig.loop.nonfinite_outputs == 1 and rig.loop.resets >= 1
+    assert rig.loop._deferred is None  # the frame queued meanwhile was built on the bad state: dropped
+    outs = rig.feed(120, 3)
+    assert len(outs) == 2  # the stream restarts (one call to fill the overlap)
+
+
+def test_overlap_is_on_by_default_only_for_an_engine_on_cuda():
+    import types
+
+    class Eng:
+        settings = types.SimpleNamespace(frame_buffer_size=1)
+        pipeline = types.SimpleNamespace(latency_frames=1)
+
+        def __init__(self, device: str) -> None:
+            self.runner = types.SimpleNamespace(device=types.SimpleNamespace(type=device))
+
+        def process(self, frames, mix=None): ...
+
+        def process_async(self, frames, mix=None): ...
+
+    def loop(device: str) -> RenderLoop:
+        return RenderLoop(Eng(device), Controller(), LatestMailbox(1), LatestMailbox(1), Metrics())
+
+    assert loop("cuda").overlap is True
+    assert loop("cpu").overlap is False
+    assert loop("mps").overlap is False
