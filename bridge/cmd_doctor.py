@@ -88,6 +88,14 @@ def checks() -> list[tuple[bool | None, str, str]]:
                         "Apple GPU available" if mps_available() else "not available (needs Apple silicon, macOS 12.3+)"))
     except ImportError:
         out.append((False, "torch", "not installed: pip install torch (before streambridge)"))
+    else:
+        try:
+            from stream_core.accel.auto import machine_choice
+
+            choice = machine_choice("auto")
+            out.append((True, "acceleration", f"auto -> {choice.label} on {choice.device}: {choice.reason}"))
+        except Exception as exc:  # doctor reports, it never crashes
+            out.append((False, "acceleration", f"cannot decide what auto picks here: {exc}"))
     for mod, label, hint in (
         ("tensorrt", "tensorrt", 'pip install "streambridge[tensorrt]" (NVIDIA GPU, Linux/Windows)'),
         ("onnxruntime", "onnxruntime", 'pip install "streambridge[onnx]"'),

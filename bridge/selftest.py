@@ -291,6 +291,10 @@ def _figures_from_daemon(daemon: Any) -> dict[str, Any]:
             value = getattr(obj, attr, None)
             if isinstance(value, str) and value:
                 accel.setdefault("chosen", value)
+    chosen = getattr(daemon.engine, "acceleration_info", None)  # what auto (or the config) picked, and why
+    if isinstance(chosen, dict):
+        accel["chosen"] = str(chosen.get("backend")) + (f" ({chosen['compile_mode']})" if chosen.get("compile_mode") else "")
+        accel["reason"] = str(chosen.get("reason", ""))
     info = getattr(runner, "info", None)
     if isinstance(info, dict):
         accel["info"] = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list, type(None)))}

@@ -160,3 +160,13 @@ def test_daemon_logs_and_shows_its_acceleration(tiny_model_dir, tmp_path, caplog
         assert f"acceleration auto -> none on cpu: {acc['reason']}" in caplog.text
     finally:
         d.stop()
+
+
+def test_doctor_shows_what_auto_picks_on_this_machine():
+    from bridge.cmd_doctor import checks
+    from stream_core.accel.auto import machine_choice
+
+    rows = {label: (ok, text) for ok, label, text in checks()}
+    ok, text = rows["acceleration"]
+    choice = machine_choice("auto")
+    assert ok is True and text.startswith(f"auto -> {choice.label} on {choice.device}: ")
