@@ -13,7 +13,7 @@ each with these variants:
 * ``eager``: StreamPipeline + TorchRunner (acceleration: none);
 * ``graphs``: acceleration: compile, CUDA graphs of the U-Net/TAESD calls;
 * ``inductor``: acceleration: compile with torch.compile (inductor) under the graphs;
-* ``auto``: acceleration: auto, where this build has it (else skipped: "not available in this build");
+* ``auto``: what ``acceleration: auto`` resolves to on this device (inductor + CUDA graphs on CUDA);
 * ``fp8``: FP8 weights/matmuls where this build and the GPU have them (Hopper/Ada), with the PSNR of
   its output against eager fp16 (else skipped with the reason);
 * ``tensorrt``: acceleration: tensorrt (skipped, with the reason, where TensorRT is missing);
@@ -189,7 +189,6 @@ def _peak(device: torch.device) -> Any:
 # ---------------------------------------------------------------------------- variants
 def accel_for(variant: str, device: torch.device) -> tuple[str, Any] | str:
     """(acceleration, AccelOptions) for one of our variants, or why this build/machine cannot run it."""
-    import dataclasses
 
     from stream_core.accel import ACCELERATIONS, AccelOptions
 
@@ -200,24 +199,25 @@ def accel_for(variant: str, device: torch.device) -> tuple[str, Any] | str:
     if variant == "tensorrt":
         return "tensorrt", AccelOptions()
     if variant == "auto":
-        if "auto" not in ACCELERATIONS:
-            return "not available in this build (acceleration 'auto' is not one of " + ", ".join(ACCELERATIONS) + ")"
-        return "auto", AccelOptions()
+        # what `acceleration: auto` resolves to on this device (stream_core.accel.auto)
+        from stream_core.accel.auto import machine_choice
+
+        if device.type != "cuda":
+            return ("auto is measured on CUDA only (elsewhere it runs eager, or cached ONNX graphs: "
+                    "the eager and onnxruntime figures)")
+        choice = machine_choice(device.type)
+        if choice.backend not in ACCELERATIONS:
+            return f"not available in this build (auto picks {choice.backend!r})"
+        if choice.backend == "none":
+            return f"auto runs eager here ({choice.reason}): the eager variant measures it"
+        return choice.backend, AccelOptions(compile_mode=choice.compile_mode)
     if variant == "fp8":
-        fields = {f.name: f for f in dataclasses.fields(AccelOptions)}
-        flag = next((name for name in fields if "fp8" in name.lower()), None)
-        if flag is not None:
-            options = AccelOptions(**{flag: True})
-        elif "precision" in fields:
-            options = AccelOptions(precision="fp8")  # type: ignore[call-arg]
-        else:
-            return "not available in this build (no FP8 option in AccelOptions)"
         if device.type != "cuda":
             return "FP8 needs a CUDA GPU with FP8 tensor cores (Ada/Hopper, compute capability 8.9+)"
         cap = torch.cuda.get_device_capability(device)
         if cap < (8, 9):
             return f"FP8 needs compute capability 8.9+ (Ada/Hopper); this GPU has {cap[0]}.{cap[1]}"
-        return ("auto" if "auto" in ACCELERATIONS else "compile"), options
+        return "compile", AccelOptions(compile_mode="inductor", fp8=True)
     raise ValueError(f"no acceleration for variant {variant!r}")
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from bridge.config import DaemonConfig, default_cache_dir
 from bridge.control.feedback import FeedbackQueue
 from bridge.control.ratelog import RateLimitedLog
+from bridge.control.surface import SetParams
 from bridge.io.registry import create_sink, create_source, interrupt_opens
 from bridge.io.reporting import OpenErrorReport, ReportingSource
 from bridge.live import LiveController, merge_initial
@@ -374,8 +375,6 @@ class Daemon:
         """Queue a validated control batch for the render thread. Bypass takes effect at once
         (the publisher reads it), so it works even while the render thread is stuck. A batch the
         controller refuses (its command queue is full) changes nothing, bypass included."""
-        from bridge.control.surface import SetParams
-
         refusal = self.controller.submit(batch)
         if refusal is None:
             for command in batch:

@@ -32,6 +32,7 @@ from bridge.control.surface import (
 from bridge.params import PARAMS, default_values
 from bridge.presets import DEFAULT_MAX_PRESETS, ColdSettings, Preset, PresetSaver, PresetStore
 from bridge.prompt_cache import PromptCache
+from bridge.runtime.throttle import LogThrottle
 from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
 
 log = logging.getLogger("streambridge.live")
@@ -110,8 +111,7 @@ class LiveController:
         )
         self._closed = False
         self.applied_batches = 0
-        self._last_failure_log = float("-inf")  # control-tick failures are logged at most every few seconds
-        self._failures_unlogged = 0
+        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S, clock)  # control failures: one line per few s
         # noise follows seed/seed_b/seed_mix once per tick (a fader may send several per frame)
         self._noise_dirty = self.values["seed_mix"] > 0
 
@@ -312,15 +312,11 @@ class LiveController:
             except Exception:  # never let the clean-up hide the report
                 log.debug("ending the morph failed", exc_info=True)
         self._error(address, reason)
-        now = self._clock()
-        if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_S:
-            more = f" ({self._failures_unlogged} more since the last report)" if self._failures_unlogged else ""
+        suppressed = self._failure_log.hit()
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
             log.error("%s: %s%s", address, reason, more)
             log.debug("control failure", exc_info=exc)
-            self._last_failure_log = now
-            self._failures_unlogged = 0
-        else:
-            self._failures_unlogged += 1
 
     def _resync(self) -> None:
         """After a transition was cut short: put the pipeline back on the live values (what the

@@ -605,17 +605,26 @@ class StreamPipeline:
         self._primed = True
         return self._smooth(out_latents)
 
+    def admit(self, images: torch.Tensor, have_output: bool) -> torch.Tensor | None:
+        """Check a call's input frames and ask the similarity filter: the frames on the pipeline's
+        device and dtype, or None (``last_skipped`` set) when the filter skips this call and the
+        caller should return its previous output (``have_output``: there is one)."""
+        images = self._check_images(images)
+        if self._primed and have_output and self.filter.should_skip(images):
+            self.last_skipped = True
+            return None
+        if not self._primed:
+            self.filter.reset()
+            self.filter.should_skip(images)  # records the reference frame
+        return images
+
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor | None = None) -> torch.Tensor:
         self.last_skipped = False
         if images is not None:
-            images = self._check_images(images)
-            if self._primed and self._last_output is not None and self.filter.should_skip(images):
-                self.last_skipped = True
+            images = self.admit(images, self._last_output is not None)
+            if images is None:
                 return self._last_output
-            if not self._primed:
-                self.filter.reset()
-                self.filter.should_skip(images)  # records the reference frame
             z = self.runner.encode(images)
         else:
             z = None

@@ -106,13 +106,9 @@ class FrameGraph:
         p = self.pipeline
         p.last_skipped = False
         if images is not None:
-            images = p._check_images(images)
-            if p.primed and self._last is not None and p.filter.should_skip(images):
-                p.last_skipped = True
+            images = p.admit(images, self._last is not None)
+            if images is None:  # the similarity filter skips this call
                 return self._last
-            if not p.primed:
-                p.filter.reset()
-                p.filter.should_skip(images)  # records the reference frame
         if not self.capture or not p.primed:
             packed, finite, out = self._body(images)
         else:

@@ -173,16 +173,20 @@ def test_the_device_check_finds_a_tensor_elsewhere():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with CUDA (none visible to torch)")
 @pytest.mark.parametrize("mode", ["inductor", "auto"])
 def test_compiled_backends_match_eager(cuda_components, tmp_path, mode):
-    """acceleration: compile with inductor under the CUDA graphs, and acceleration: auto where this
-    build has it, give eager's pictures."""
-    from stream_core.accel import ACCELERATIONS, AccelOptions, StreamShape
+    """acceleration: compile with inductor under the CUDA graphs, and what acceleration: auto picks
+    on CUDA, give eager's pictures."""
+    from stream_core.accel import AccelOptions, StreamShape
+    from stream_core.accel.auto import runner_for
 
-    if mode == "auto" and "auto" not in ACCELERATIONS:
-        pytest.skip("acceleration 'auto' is not available in this build")
     shape = StreamShape.for_stream(SIZE, SIZE, 2, 1, "self")
-    accel, options = ("compile", AccelOptions(compile_mode="inductor")) if mode == "inductor" else ("auto", None)
-    runner = build_runner(cuda_components, accel, batch=shape.batch, width=SIZE, height=SIZE, cache_dir=tmp_path,
-                          allow_build=True, steps=2, cfg_type="self", options=options)
+    if mode == "inductor":
+        runner = build_runner(cuda_components, "compile", batch=shape.batch, width=SIZE, height=SIZE,
+                              cache_dir=tmp_path, allow_build=True, steps=2, cfg_type="self",
+                              options=AccelOptions(compile_mode="inductor"))
+    else:
+        runner, choice = runner_for(cuda_components, "auto", width=SIZE, height=SIZE, steps=2, frame_buffer=1,
+                                    cfg_type="self", cache_dir=tmp_path, allow_build=None)
+        assert (choice.backend, choice.compile_mode) == ("compile", "inductor")
     ref, pipe = _pipes(cuda_components, runner, "self")
     for frame in _frames(4):
         torch.testing.assert_close(pipe(frame), ref(frame), atol=3e-2, rtol=0)
