@@ -17,8 +17,9 @@
 # Knobs: OUT, PYTHON (default python3), GPU_CHECK_SITE (default /tmp/site), GPU_CHECK_ARCH
 # (default sd-turbo), GPU_CHECK_SECONDS (default 20), GPU_CHECK_ACCEL (default: the daemon's),
 # GPU_CHECK_VARIANTS (bench variants), GPU_CHECK_BENCH_ARGS (more bench arguments),
-# GPU_CHECK_TESTS (pytest targets instead of the CUDA tests), GPU_CHECK_TOTAL_S (default 460: the
-# bench gets what is left, so that the whole ends within 8 minutes).
+# GPU_CHECK_TESTS (pytest targets instead of the CUDA tests), GPU_CHECK_STEPS (which of tests,
+# doctor, bench to run; default all three), GPU_CHECK_TOTAL_S (default 460: the bench gets what is
+# left, so that the whole ends within 8 minutes).
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -29,8 +30,10 @@ DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 QUICK="${GPU_CHECK_QUICK:-0}"
 SITE="${GPU_CHECK_SITE:-/tmp/site}"
 TOTAL_S="${GPU_CHECK_TOTAL_S:-460}"
+STEPS=" ${GPU_CHECK_STEPS:-tests doctor bench} "
 START=$(date +%s)
 FAILED=()
+wanted() { [[ "$STEPS" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 
 # step NAME SECONDS CMD...: run with a timeout (never past the whole check's time), log to
@@ -99,7 +102,9 @@ export PY
 step machine 60 bash -c machine
 
 # 3. tests
-if [ -n "${GPU_CHECK_TESTS:-}" ]; then
+if ! wanted tests; then
+  echo "=== tests: not asked for (GPU_CHECK_STEPS)"
+elif [ -n "${GPU_CHECK_TESTS:-}" ]; then
   # shellcheck disable=SC2086  # a list of pytest targets
   step tests 240 "$PY" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS} --junitxml "$OUT/tests.xml"
 elif [ "$DEVICE" = "cpu" ]; then
@@ -112,7 +117,9 @@ fi
 # 4. the self-test: the daemon path end to end
 ACCEL_ARGS=()
 if [ -n "${GPU_CHECK_ACCEL:-}" ]; then ACCEL_ARGS=(--acceleration "$GPU_CHECK_ACCEL"); fi
-if [ "$QUICK" = "1" ]; then
+if ! wanted doctor; then
+  echo "=== doctor: not asked for (GPU_CHECK_STEPS)"
+elif [ "$QUICK" = "1" ]; then
   step doctor 180 "$PY" -m bridge doctor --gpu --arch tiny --device "$DEVICE" --seconds "${GPU_CHECK_SECONDS:-4}" \
     --json "$OUT/doctor.json" "${ACCEL_ARGS[@]}"
 else
@@ -131,7 +138,9 @@ else
   BUDGET=$LEFT
   BENCH_ARGS=(--device "$DEVICE" --variants "${GPU_CHECK_VARIANTS:-eager,graphs,auto,fp8,inductor,diffusers}")
 fi
-if [ "$BUDGET" -lt 45 ]; then
+if ! wanted bench; then
+  echo "=== bench: not asked for (GPU_CHECK_STEPS)"
+elif [ "$BUDGET" -lt 45 ]; then
   echo "=== bench: skipped, only ${LEFT} s left of ${TOTAL_S} s"
   FAILED+=("bench (no time left)")
 else
