@@ -16,7 +16,12 @@ point). Phases, each measured as processed frames per second over the phase:
 5. right after the flood: ``/sd/strength 0.4242`` from a fresh socket; goal: applied < 100 ms;
 6. paired rounds: the steady load and the flood again, 10 x (0.5 s on, 0.5 s off) interleaved,
    comparing the frame rate of the on and off slices (the machine's background load is then the
-   same in both; `--rounds`, `--pulse`).
+   same in both; `--rounds`, `--pulse`);
+7. the daemon's share of the steady load: paired rounds again, but the off slices send the same
+   traffic to a UDP socket nobody reads instead of pausing. The sender process then costs the
+   machine the same in both halves (on 2 cores it takes most of the second one, pushing the
+   daemon's other threads onto the render loop's core), so the ratio is what receiving, decoding,
+   validating and applying the messages costs the render loop.
 
 Ratios are measured within one run (baseline = mean of the quiet phases around each load), so
 host noise between runs does not enter them. Also printed: CPU seconds per second used by the
@@ -95,15 +100,19 @@ def _flood_packets(rng: random.Random) -> list[bytes]:
     return out
 
 
-def flooder(host: str, port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0) -> None:
+def flooder(host: str, port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0,
+            decoy_port: int = 0) -> None:
     """Send ``rate`` datagrams/s for ``seconds`` on an absolute schedule (1 ms chunks). With
     ``pulse`` > 0, send only in every other ``pulse``-second slice from the time.monotonic()
-    instant the go line gives (on, off, on, ...), for paired on/off measurements."""
+    instant the go line gives (on, off, on, ...), for paired on/off measurements; with a
+    ``decoy_port`` too, the off slices send the same traffic to that port instead (a socket nobody
+    reads): the sender then costs the machine the same in both halves."""
     rng = random.Random(7)
     packets = _steady_packets(rng) if kind == "steady" else _flood_packets(rng)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     dest = (host, port)
+    decoy = (host, decoy_port) if decoy_port else None
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     go = sys.stdin.readline().split()
@@ -121,17 +130,22 @@ def flooder(host: str, port: int, rate: float, seconds: float, kind: str, pulse:
         now = time.perf_counter() - start
         if now >= seconds:
             break
+        to = dest
         if pulse > 0:
             k, into = divmod(now, pulse)
-            if int(k) % 2:  # an off slice: wait for the next on slice
+            if decoy is not None:  # every slice sends; the odd ones to the decoy
+                to = decoy if int(k) % 2 else dest
+                due = int(now * rate) + 1
+            elif int(k) % 2:  # an off slice: wait for the next on slice
                 time.sleep(0.001)
                 continue
-            due = int((int(k) // 2 * pulse + into) * rate) + 1
+            else:
+                due = int((int(k) // 2 * pulse + into) * rate) + 1
         else:
             due = int(now * rate) + 1
         while sent < due:
             try:
-                sock.sendto(packets[i], dest)
+                sock.sendto(packets[i], to)
             except BlockingIOError:
                 pass
             sent += 1
@@ -190,9 +204,10 @@ def _inbox_stats(daemon) -> dict[str, int]:
     return inbox.stats() if inbox is not None else {}
 
 
-def run_flooder(port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0) -> subprocess.Popen:
+def run_flooder(port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0,
+                decoy_port: int = 0) -> subprocess.Popen:
     p = subprocess.Popen(
-        [sys.executable, __file__, "--flooder", kind, str(port), str(rate), str(seconds), str(pulse)],
+        [sys.executable, __file__, "--flooder", kind, str(port), str(rate), str(seconds), str(pulse), str(decoy_port)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -208,12 +223,12 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     ap.add_argument("--pulse", type=float, default=0.5, help="slice length of the paired on/off rounds")
     ap.add_argument("--rounds", type=int, default=10, help="paired on/off rounds per load")
-    ap.add_argument("--flooder", nargs=5, metavar=("KIND", "PORT", "RATE", "SECONDS", "PULSE"),
+    ap.add_argument("--flooder", nargs=6, metavar=("KIND", "PORT", "RATE", "SECONDS", "PULSE", "DECOY"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.flooder:
-        kind, port, rate, seconds, pulse = args.flooder
-        flooder("127.0.0.1", int(port), float(rate), float(seconds), kind, float(pulse))
+        kind, port, rate, seconds, pulse, decoy_port = args.flooder
+        flooder("127.0.0.1", int(port), float(rate), float(seconds), kind, float(pulse), int(decoy_port))
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -289,11 +304,18 @@ def main() -> int:
         p.wait(10)
         return ph, int(out.split()[1])
 
-    def paired(kind: str, rate: float) -> float:
+    # a UDP socket nobody reads: the decoy the paired "daemon's share" rounds send to
+    decoy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    decoy.bind(("127.0.0.1", 0))
+
+    def paired(kind: str, rate: float, decoy_port: int = 0) -> float:
         """Frames rendered in the on slices over frames in the off slices, interleaved: the
-        background load of the machine is the same in both halves."""
+        background load of the machine is the same in both halves. With ``decoy_port`` the off
+        slices send the same traffic to a socket nobody reads, so the ratio is what handling the
+        messages costs the daemon, without the sender's own CPU use (which the plain rounds
+        include: on 2 cores the sender takes most of the second core)."""
         n = 2 * args.rounds
-        p = run_flooder(port, rate, n * args.pulse, kind, args.pulse)
+        p = run_flooder(port, rate, n * args.pulse, kind, args.pulse, decoy_port)
         t0 = time.monotonic() + 0.3
         p.stdin.write(f"go {t0!r}\n")
         p.stdin.flush()
@@ -350,8 +372,11 @@ def main() -> int:
     base3 = quiet_phase()
     pulsed_steady = paired("steady", args.steady_rate)
     reset()
+    share_steady = paired("steady", args.steady_rate, decoy.getsockname()[1])
+    reset()
     pulsed_flood = paired("flood", args.flood_rate)
     daemon.stop()
+    decoy.close()
 
     b_steady = (base1.fps + base2.fps) / 2
     b_flood = (base2.fps + base3.fps) / 2
@@ -377,6 +402,8 @@ def main() -> int:
     print(f"change sent after the flood applied in {after_ms:.1f} ms (goal < 100)")
     print(f"paired rounds ({args.rounds} x {args.pulse:.1f} s on / {args.pulse:.1f} s off, interleaved): "
           f"steady {pulsed_steady:.2f} x, flood {pulsed_flood:.2f} x the frame rate of the off slices")
+    print(f"the daemon's share of the steady load (the off slices send the same traffic to a socket nobody "
+          f"reads, so the sender costs the same in both): {share_steady:.2f} x (goal >= 0.90)")
     ms = [ph.render_ms for ph in (base1, steady, base2, flood, base3)]
     if None not in ms:
         print("render-thread CPU per processed frame, ms: quiet {:.1f}, steady {:.1f}, quiet {:.1f}, flood {:.1f}, "
@@ -385,6 +412,7 @@ def main() -> int:
         ("steady", r_steady >= 0.90),
         ("flood", r_flood >= 0.80),
         ("steady (paired)", pulsed_steady >= 0.90),
+        ("steady (daemon's share)", share_steady >= 0.90),
         ("flood (paired)", pulsed_flood >= 0.80),
         ("last value wins", winner is not None and abs(applied - winner) < 1e-6),
         ("after flood", after_ms < 100),
