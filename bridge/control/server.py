@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.control.codec import MAX_PACKET_BYTES
-from bridge.control.surface import Batch, Command, ControlSurface, Rejected
+from bridge.control.surface import Batch, Command, ControlSurface, Rejected, SetParams
 
 log = logging.getLogger("bridge.control.server")
 
@@ -174,6 +174,8 @@ class OscServer:
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        # parameter changes gathered during one receive slice (None outside a slice)
+        self._slice_params: dict[str, Any] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -307,20 +309,27 @@ class OscServer:
                     log.debug("select failed: %s", exc)
                     continue
                 start = time.monotonic()
-                for i in range(_DRAIN_MAX):
-                    if self._stopping.is_set():
-                        break
-                    if i % _BUDGET_CHECK == _BUDGET_CHECK - 1 and time.monotonic() - start >= active:
-                        self._count("throttled")
-                        break
-                    try:
-                        n, peer = sock.recvfrom_into(buf)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as exc:
-                        log.debug("recvfrom failed: %s", exc)
-                        break
-                    self._handle(bytes(view[:n]), peer)
+                # parameter changes of one slice are handed over as one batch (latest wins, as in
+                # the inbox): one hand-over per slice instead of one per datagram
+                self._slice_params = {}
+                try:
+                    for i in range(_DRAIN_MAX):
+                        if self._stopping.is_set():
+                            break
+                        if i % _BUDGET_CHECK == _BUDGET_CHECK - 1 and time.monotonic() - start >= active:
+                            self._count("throttled")
+                            break
+                        try:
+                            n, peer = sock.recvfrom_into(buf)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError as exc:
+                            log.debug("recvfrom failed: %s", exc)
+                            break
+                        self._handle(bytes(view[:n]), peer)
+                finally:
+                    self._flush_params()
+                    self._slice_params = None
                 rest = start + RECEIVE_PERIOD_S - time.monotonic()
                 if rest > 0:
                     self._stopping.wait(rest)
@@ -357,10 +366,25 @@ class OscServer:
                     self._call(self.on_error, result.address, result.reason)
                 return
             self._count("accepted")
-            if result:
-                self._call(self.on_batch, result)
+            if not result:
+                return
+            pending = self._slice_params
+            if pending is not None and all(type(cmd) is SetParams for cmd in result):
+                for cmd in result:
+                    for name, value in cmd.values.items():
+                        pending.pop(name, None)  # re-insert: the order follows the latest arrival
+                        pending[name] = value
+                return
+            self._flush_params()  # what arrived before this command goes first
+            self._call(self.on_batch, result)
         except Exception:  # pragma: no cover - defensive: nothing may escape the loop
             log.debug("unexpected error handling a datagram", exc_info=True)
+
+    def _flush_params(self) -> None:
+        pending = self._slice_params
+        if pending:
+            self._slice_params = {}
+            self._call(self.on_batch, [SetParams(pending)])
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         try:

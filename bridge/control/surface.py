@@ -202,6 +202,8 @@ class ControlSurface:
         self._fast: dict[bytes, ParamSpec] = {
             spec.address.encode(): spec for spec in PARAMS.values() if spec.kind is not str
         }
+        # ...and the /sd/norm/<param> form of each number (half of what a TouchDesigner panel sends)
+        self._fast_norm: dict[bytes, ParamSpec] = {address.encode(): spec for address, spec in NORMALIZABLE.items()}
 
     @property
     def addresses(self) -> list[str]:
@@ -238,8 +240,10 @@ class ControlSurface:
         tag_at = (nul + 4) & ~3
         if len(data) != tag_at + 8 or data.count(b"\x00", nul, tag_at) != tag_at - nul:
             return None
-        spec = self._fast.get(data[:nul])
-        if spec is None:
+        address = data[:nul]
+        spec = self._fast.get(address)
+        norm = None if spec is not None else self._fast_norm.get(address)
+        if spec is None and norm is None:
             return None
         tag = data[tag_at : tag_at + 4]
         if tag == b",f\x00\x00":
@@ -249,8 +253,10 @@ class ControlSurface:
         else:
             return None
         try:
-            return [SetParams({spec.name: spec.check(value)})]
-        except ValueError:
+            if norm is not None:
+                return [self._norm_set(norm, value)]
+            return [SetParams({spec.name: spec.check(value)})]  # type: ignore[union-attr]
+        except (ValueError, _Invalid):
             return None
 
     def validate(self, packet: OscPacket) -> Batch | Rejected:
@@ -314,21 +320,25 @@ class ControlSurface:
             if not _is_number(x):
                 raise _Invalid(f"expected a number 0..1, got {_TAG_NAMES.get(tag, tag)}")
             assert isinstance(x, (int, float))
-            if not math.isfinite(x):
-                raise _Invalid(f"expected a finite number, got {x!r}")
-            if not 0.0 <= x <= 1.0:
-                raise _Invalid(f"normalized value {x!r} is outside 0..1")
-            lo, hi = self.control_range(spec.name)
-            value = denormalize(spec, float(x), (lo, hi))
-            value = min(max(value, min(lo, hi)), max(lo, hi))  # no float overshoot past the range
-            if spec.kind is int:
-                value = int(value)
-            try:
-                return SetParams({spec.name: spec.check(value)})
-            except ValueError as exc:
-                raise _Invalid(str(exc)) from None
+            return self._norm_set(spec, x)
 
         return handle
+
+    def _norm_set(self, spec: ParamSpec, x: float) -> SetParams:
+        """``/sd/norm/<param> x``: x in 0..1 mapped onto the control range (raises _Invalid)."""
+        if not math.isfinite(x):
+            raise _Invalid(f"expected a finite number, got {x!r}")
+        if not 0.0 <= x <= 1.0:
+            raise _Invalid(f"normalized value {x!r} is outside 0..1")
+        lo, hi = self.control_range(spec.name)
+        value = denormalize(spec, float(x), (lo, hi))
+        value = min(max(value, min(lo, hi)), max(lo, hi))  # no float overshoot past the range
+        if spec.kind is int:
+            value = int(value)
+        try:
+            return SetParams({spec.name: spec.check(value)})
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
 
     @staticmethod
     def _recall(msg: OscMessage) -> Command:

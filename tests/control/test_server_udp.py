@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import queue
 import socket
+import threading
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from bridge.control.codec import encode_bundle, encode_message
 from bridge.control.feedback import FeedbackSender
 from bridge.control.server import OscServer, parse_allow
-from bridge.control.surface import ControlSurface, SetParams, StepPreset
+from bridge.control.surface import ControlSurface, RecallPreset, SetParams, StepPreset
 from bridge.params import NORMALIZABLE
 from tests.control.cases import BAD, HAPPY, RELEASES, Typed, case_id
 from tests.control.conftest import (
@@ -325,7 +326,9 @@ def test_callback_exceptions_do_not_kill_the_server() -> None:
     server.start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        # (values arriving in one receive slice are handed over as one batch: wait in between)
         client.sendto(encode_message("/sd/seed", 1), ("127.0.0.1", server.port))
+        assert wait_until(lambda: len(seen) == 1)
         client.sendto(encode_message("/sd/nope"), ("127.0.0.1", server.port))
         client.sendto(encode_message("/sd/seed", 2), ("127.0.0.1", server.port))
         assert wait_until(lambda: len(seen) == 2)
@@ -333,6 +336,45 @@ def test_callback_exceptions_do_not_kill_the_server() -> None:
         assert stats["callback_errors"] == 2 and stats["accepted"] == 2
         assert server.running
     finally:
+        server.stop()
+        client.close()
+
+
+def test_one_slice_of_values_is_one_hand_over_in_arrival_order() -> None:
+    """Parameter changes that arrive within one receive slice reach the callback as one batch,
+    latest value per parameter, ordered by latest arrival; a command (a recall) in between is
+    handed over after the values that came before it and before those that came after it."""
+    seen: list[Any] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def on_batch(batch: list[Any]) -> None:
+        entered.set()
+        gate.wait(5)
+        seen.append(batch)
+
+    server = OscServer("127.0.0.1", 0, on_batch)
+    server.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # the first datagram's hand-over blocks until every other one is in the socket buffer
+        client.sendto(encode_message("/sd/seed", 1), ("127.0.0.1", server.port))
+        assert entered.wait(5)
+        for address, value in (("/sd/strength", 0.25), ("/sd/guidance", 2.0), ("/sd/strength", 0.5),
+                               ("/sd/preset", "neon"), ("/sd/guidance", 3.0), ("/sd/seed", 7)):
+            client.sendto(encode_message(address, value), ("127.0.0.1", server.port))
+        time.sleep(0.05)
+        gate.set()
+        assert wait_until(lambda: sum(len(b) for b in seen) >= 4)
+        time.sleep(0.05)
+        flat = [cmd for batch in seen for cmd in batch]
+        assert flat[0] == SetParams({"seed": 1})
+        assert flat[1] == SetParams({"guidance": 2.0, "strength": 0.5})
+        assert flat[2] == RecallPreset("neon")
+        assert flat[3] == SetParams({"guidance": 3.0, "seed": 7})
+        assert len(flat) == 4
+        assert server.stats()["accepted"] == 7
+    finally:
+        gate.set()
         server.stop()
         client.close()
 

@@ -124,20 +124,22 @@ def test_fast_path_gives_exactly_what_the_full_path_gives() -> None:
     import struct
 
     from bridge.control.codec import decode_packet, encode_message
-    from bridge.params import PARAMS
+    from bridge.params import NORMALIZABLE, PARAMS
 
-    surface = ControlSurface()
+    # a narrowed control range too: the /sd/norm shortcut must map onto the configured range
+    surface = ControlSurface({"guidance": [0.5, 3.0], "seed": [10, 20]})
     rng = random.Random(3)
     packets = []
-    for spec in PARAMS.values():
+    addresses = [spec.address for spec in PARAMS.values()] + list(NORMALIZABLE)
+    for address in addresses:
         for _ in range(200):
             x = rng.choice([rng.uniform(-1, 25), rng.random(), 0.0, 1.0, float(rng.randrange(-3, 3)),
                             float("nan"), float("inf"), 1e30, rng.randrange(0, 2**31)])
-            packets.append(encode_message(spec.address, float(x) if isinstance(x, float) else x))
-            packets.append(encode_message(spec.address, int(x) if x == x and abs(x) < 2**31 else 0))
-        packets.append(encode_message(spec.address, "text"))
-        packets.append(encode_message(spec.address, 1.0, 2.0))
-        good = encode_message(spec.address, 0.5)
+            packets.append(encode_message(address, float(x) if isinstance(x, float) else x))
+            packets.append(encode_message(address, int(x) if x == x and abs(x) < 2**31 else 0))
+        packets.append(encode_message(address, "text"))
+        packets.append(encode_message(address, 1.0, 2.0))
+        good = encode_message(address, 0.5)
         packets.append(good[:-4])  # truncated
         packets.append(good.replace(b"\x00,", b"\x01,", 1))  # broken padding
     packets.append(struct.pack(">4s", b"/sd/") + b"\x00" * 4 + b",f\x00\x00" + b"\x00" * 4)
@@ -151,6 +153,8 @@ def test_fast_path_gives_exactly_what_the_full_path_gives() -> None:
         elif full is not None:
             assert got == full, data
     assert fast_hits > 1000
+    norm_hits = [d for d in packets if d.startswith(b"/sd/norm/") and surface._fast_path(d) is not None]
+    assert len(norm_hits) > 300  # the /sd/norm forms take the shortcut too
 
 
 def _decodes(data: bytes) -> bool:
