@@ -14,6 +14,8 @@ each with these variants:
 * ``graphs``: acceleration: compile, CUDA graphs of the U-Net/TAESD calls;
 * ``inductor``: acceleration: compile with torch.compile (inductor) under the graphs;
 * ``auto``: what ``acceleration: auto`` resolves to on this device (inductor + CUDA graphs on CUDA);
+* ``aot``: compile_mode aot, inductor ahead of time (AOTInductor packages, loaded by later starts
+  without tracing) under the CUDA graphs;
 * ``fp8``: FP8 weights/matmuls where this build and the GPU have them (Hopper/Ada), with the PSNR of
   its output against eager fp16 (else skipped with the reason);
 * ``tensorrt``: acceleration: tensorrt (skipped, with the reason, where TensorRT is missing);
@@ -92,12 +94,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "sd15-lcm-4step": {"arch": "sd15", "t_index_list": (10, 23, 36, 45), "d_steps": 8, "d_strength": 0.5,
                        "d_guidance": 1.0, "d_scheduler": "lcm"},
 }
-VARIANTS: tuple[str, ...] = ("eager", "graphs", "inductor", "auto", "fp8", "tensorrt", "diffusers")
+VARIANTS: tuple[str, ...] = ("eager", "graphs", "inductor", "auto", "aot", "fp8", "tensorrt", "diffusers")
 # rough worst-case seconds per variant, to stay inside --budget-s
 # (inductor compiled in 45-55 s per scenario on an H200; the hard budget stop covers a slower machine)
-ESTIMATE_S: dict[str, float] = {"eager": 25, "graphs": 30, "inductor": 90, "auto": 90, "fp8": 90,
+ESTIMATE_S: dict[str, float] = {"eager": 25, "graphs": 30, "inductor": 90, "auto": 90, "aot": 110, "fp8": 90,
                                 "tensorrt": 600, "diffusers": 40}
-SLOW_VARIANTS: tuple[str, ...] = ("inductor", "auto", "fp8", "tensorrt")  # measured after the cheap ones
+SLOW_VARIANTS: tuple[str, ...] = ("inductor", "auto", "aot", "fp8", "tensorrt")  # measured after the cheap ones
 TARGET_FPS: dict[str, float] = {"sd-turbo-1step": 250.0, "sd15-lcm-4step": 120.0}
 HITCH_TARGET = 1.5  # longest frame interval / median with a prompt change every 100 ms
 ARCH_OF: dict[str, str] = {"sd21": "sd-turbo", "sd15": "sd15"}
@@ -196,6 +198,8 @@ def accel_for(variant: str, device: torch.device) -> tuple[str, Any] | str:
         return "compile", AccelOptions(compile_mode="graphs")
     if variant == "inductor":
         return "compile", AccelOptions(compile_mode="inductor")
+    if variant == "aot":
+        return "compile", AccelOptions(compile_mode="aot")
     if variant == "tensorrt":
         return "tensorrt", AccelOptions()
     if variant == "auto":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,11 +26,13 @@ from stream_core.runner import TorchRunner, vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
 
-# compile_mode -> torch.compile mode (None: no torch.compile)
+# compile_mode -> torch.compile mode (None: no torch.compile); "aot" compiles with AOTInductor
+# into package files instead (stream_core.accel.aot: later starts load them and trace nothing)
 COMPILE_MODES: dict[str, str | None] = {
     "graphs": None,
     "inductor": "default",
     "max-autotune": "max-autotune-no-cudagraphs",
+    "aot": "aot",
 }
 
 
@@ -138,7 +141,14 @@ class CompiledRunner:
         enc_fn: Callable[..., torch.Tensor] = self._encode_eager
         dec_fn: Callable[..., torch.Tensor] = self._decode_eager
         mode = COMPILE_MODES[compile_mode]
-        if mode is not None:
+        self._aot: list[Any] = []
+        if mode == "aot":
+            from stream_core.accel.aot import AotCall
+
+            self._aot = [AotCall(unet_fn, "unet", [unet]), AotCall(enc_fn, "vae_enc", [vae]),
+                         AotCall(dec_fn, "vae_dec", [vae])]
+            unet_fn, enc_fn, dec_fn = self._aot
+        elif mode is not None:
             unet_fn = torch.compile(unet_fn, mode=mode, dynamic=False)
             enc_fn = torch.compile(enc_fn, mode=mode, dynamic=False)
             dec_fn = torch.compile(dec_fn, mode=mode, dynamic=False)
@@ -150,6 +160,20 @@ class CompiledRunner:
             self._dec_call: Callable[..., torch.Tensor] = CudaGraphCall(dec_fn, "vae_dec")
         else:
             self._unet_call, self._enc_call, self._dec_call = unet_fn, enc_fn, dec_fn
+
+    def set_package_folder(self, folder: Any) -> None:
+        """Where ``compile_mode: aot`` keeps (and finds) its packages: ``<folder>/<call>.pt2``."""
+        for call in self._aot:
+            call.folder = Path(folder)
+
+    @property
+    def aot_origin(self) -> str | None:
+        """``loaded`` when every ahead-of-time package came from disk, ``compiled`` when any was
+        built by this process, None before the first call or without ``aot``."""
+        origins = {call.origin for call in self._aot}
+        if not self._aot or None in origins:
+            return None
+        return "compiled" if "compiled" in origins else "loaded"
 
     # eager bodies (what gets compiled / captured)
     def _unet_eager(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:

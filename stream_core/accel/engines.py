@@ -94,7 +94,7 @@ class AccelOptions:
     trt_workspace: int = 4 << 30
     trt_cuda_graph: bool = True
     trt_optimization_level: int | None = None
-    compile_mode: str | None = None  # graphs | inductor | max-autotune (None: graphs on CUDA, inductor on CPU)
+    compile_mode: str | None = None  # graphs | inductor | max-autotune | aot (None: graphs on CUDA, inductor on CPU)
     cuda_graphs: bool | None = None  # None: on for CUDA
     channels_last: bool = False  # compile backend: NHWC memory layout (off: measured slower on the CPU)
     attention: str = "sdpa"  # compile backend: sdpa (fused) | math (see bench/channels_last.py)
@@ -493,6 +493,8 @@ def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions,
     artefacts = CompiledArtefacts(cache.root, key)
     runner.artefacts = artefacts
     ready = artefacts.ready()
+    if runner.compile_mode == "aot":  # the marker and every package the runner loads
+        ready = ready and all((artefacts.folder / f"{call.name}.pt2").is_file() for call in runner._aot)
     runner.info.update(cache=str(artefacts.folder), cached=ready)
     if not ready and not allow_build:
         raise EngineMissingError(
@@ -504,6 +506,7 @@ def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions,
     if not warm_up:
         return runner
     artefacts.prepare()
+    runner.set_package_folder(artefacts.folder)  # compile_mode aot: its packages live with the key
     log.info("%s compiled artefacts for %s in %s", "using cached" if ready else "compiling (first start for this key)",
              _describe_shape(shape), artefacts.folder)
     latents, timesteps, text, images = _examples(components, shape, components.dtype)
