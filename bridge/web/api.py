@@ -191,7 +191,6 @@ class LiveEvents:
         state = self.api.describe()
         with self._lock:
             state["history"] = list(self._history)
-        self._presets = state["presets"]
         return b"retry: 2000\n\n" + sse("hello", state)
 
     def publish(self, params: dict[str, Any], status: dict[str, Any], errors: list[tuple[str, str]]) -> None:
@@ -228,6 +227,8 @@ class LiveEvents:
             return list(self._history)
 
     def tick(self) -> None:
+        """Figures for the plots; the preset list when it changed (only this thread tracks it:
+        a new viewer's snapshot must not hide a change from the others)."""
         out = sse("status", self.sample())
         names = list(self.api.presets())
         if names != self._presets:

@@ -213,10 +213,12 @@ def test_ticks_send_figures_and_preset_list_changes_only_when_they_change():
     api = ControlApi(ControlSurface(), Recorder().submit, values=dict, presets=lambda: list(names),
                      status=lambda: {"fps": 1.0, "dropped": 0})
     live = LiveEvents(api, sent.append)
-    live.hello()
+    live.tick()
+    assert [e for e, _ in events_of(sent[-1])] == ["status", "presets"]  # the first tick says where it starts
     live.tick()
     assert [e for e, _ in events_of(sent[-1])] == ["status"]
     names.append("b")
+    live.hello()  # a new viewer's snapshot does not hide the change from the others
     live.tick()
     assert events_of(sent[-1])[1] == ("presets", {"presets": ["a", "b"]})
     live.tick()

@@ -114,7 +114,7 @@ function fader(spec, host) {
     const text = box.value.trim();
     const v = Number(text);
     if (text === '' || !Number.isFinite(v)) { ctl.error('not a number: ' + text); return; }
-    send(spec.address, [spec.kind === 'int' && Number.isInteger(v) ? v : v], res => {
+    send(spec.address, [v], res => {
       if (!res.ok) box.value = fmt(spec, state.values[spec.name]);  // refused: show the live value
     });
   });
