@@ -15,6 +15,7 @@ from tests.daemon.conftest import wait_until
 
 expect = pytest.importorskip("playwright.sync_api", reason="browser tests need Playwright: pip install -e "
                              "'.[test]'").expect
+expect.set_options(timeout=10_000)  # a loaded 2-core CI machine: generous, never a timing claim
 NUMERIC = [name for name, spec in PARAMS.items() if spec.kind in (int, float)]
 
 
@@ -22,6 +23,7 @@ NUMERIC = [name for name, spec in PARAMS.items() if spec.kind in (int, float)]
 def page(browser, web_daemon):
     """The control page, open for the whole module; console errors and page errors recorded."""
     p = browser.new_page()
+    p.set_default_timeout(15_000)
     p.problems = []
     p.on("console", lambda m: p.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     p.on("pageerror", lambda e: p.problems.append(f"page error: {e}"))

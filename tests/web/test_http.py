@@ -229,7 +229,7 @@ def test_a_viewer_that_stops_reading_is_dropped_not_waited_for(pages):
         done = threading.Event()
 
         def flood() -> None:
-            for _ in range(2000):  # ~3 MB: far over the backlog limit; never blocks the caller
+            for _ in range(10_000):  # ~15 MB: more than the kernel buffers and the backlog limit
                 page.live.publish(blob, {}, [])
             done.set()
 
