@@ -201,10 +201,13 @@ def test_events_stream_hello_then_every_change(pages):
 def test_live_views_are_capped_and_a_slot_frees_when_one_closes(pages):
     page = pages(max_streams=2)
     port = page.address[1]
+    threads = threading.active_count()
     readers = [EventReader(port), EventReader(port)]
     try:
         for r in readers:
             r.read_until(b"event: hello")
+        assert threading.active_count() == threads  # no thread per viewer
+        assert page.open_connections == 2  # streams count towards the connection cap
         code, _, body = request(port, "GET", "/api/events")
         assert code == 503 and b"2 live views" in body
         assert request(port, "GET", "/status.json")[0] == 200  # the rest of the page still answers

@@ -147,7 +147,7 @@ function toggle(spec, host) {
 
 function textField(spec, host) {
   const long = spec.name === 'prompt' || spec.name === 'negative_prompt';
-  const input = long ? el('textarea', {rows: 2, 'aria-label': human(spec.name)})
+  const input = long ? el('textarea', {rows: 3, 'aria-label': human(spec.name)})
     : el('input', {type: 'text', 'aria-label': human(spec.name)});
   const apply = el('button', {type: 'button', text: 'apply'});
   const err = errorBox();
