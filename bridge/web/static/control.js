@@ -46,7 +46,8 @@ async function post(messages) {
   try {
     const r = await fetch('/api/osc', {method: 'POST', headers: {'Content-Type': 'application/json'},
       body: JSON.stringify(body)});
-    return await r.json();
+    if ((r.headers.get('Content-Type') || '').startsWith('application/json')) return await r.json();
+    return {ok: false, address: messages[0].address, reason: 'HTTP ' + r.status + ': ' + (await r.text()).trim()};
   } catch (e) {
     return {ok: false, address: messages[0].address, reason: 'daemon not answering'};
   }
