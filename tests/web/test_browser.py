@@ -103,6 +103,27 @@ def test_bypass_and_dry_wet(page, web_daemon, web_feedback):
     expect(fader(page, "mix").locator("input[type=range]")).to_have_value("250")
 
 
+def test_prompts_crossfaders_and_seeds_from_the_page(page, web_daemon, web_feedback):
+    web_feedback.clear()
+    field = fader(page, "prompt_b").locator("input[type=text]")
+    field.fill("a field of sunflowers")
+    field.press("Enter")
+    web_feedback.wait_for("/sd/prompt/b", lambda a: a[0] == "a field of sunflowers")
+    fader(page, "prompt_mix").locator("input[type=range]").press("End")  # the keyboard moves faders too
+    web_feedback.wait_for("/sd/prompt/mix", lambda a: a[0] == 1.0)
+    seed = fader(page, "seed_b").locator("input[type=number]")
+    seed.fill("1234")
+    seed.press("Enter")
+    web_feedback.wait_for("/sd/seed/b", lambda a: a[0] == 1234)
+    fader(page, "seed_mix").locator("input[type=range]").press("Home")
+    for _ in range(250):  # 250 of 1000 steps: a quarter of the way (the echoes must not pull it back)
+        fader(page, "seed_mix").locator("input[type=range]").press("ArrowRight")
+    web_feedback.wait_for("/sd/seed/mix", lambda a: abs(a[0] - 0.25) < 1e-6)
+    assert wait_until(lambda: web_daemon.controller.values["seed_mix"] == 0.25, 5)
+    assert web_daemon.controller.values["prompt_b"] == "a field of sunflowers"
+    assert web_daemon.controller.values["seed_b"] == 1234 and web_daemon.controller.values["prompt_mix"] == 1.0
+
+
 def test_the_preset_grid_recalls(page, web_daemon, web_feedback):
     web_feedback.clear()
     page.locator("#preset-grid button[data-preset='glitch-chrome']").click()  # transition 0.5 s

@@ -102,11 +102,18 @@ function fader(spec, host) {
     return spec.kind === 'int' ? Math.round(v) : Math.round(v * 1e6) / 1e6;
   };
   const toPos = v => Math.round(Math.min(1, Math.max(0, (v - lo) / (hi - lo))) * steps);
+  // while the hand is on the fader (a drag, or keys/clicks in the last moments) the echoes of
+  // its own earlier values must not pull it back; the live value is shown once it rests
+  let heldUntil = 0;
+  const HOLD_MS = 400;
+  const settle = () => setTimeout(() => ctl.set(state.values[spec.name]), HOLD_MS + 50);
   range.addEventListener('pointerdown', () => { dragging = true; });
-  const release = () => { dragging = false; ctl.set(state.values[spec.name]); };
+  const release = () => { dragging = false; heldUntil = performance.now() + HOLD_MS; settle(); };
   range.addEventListener('pointerup', release);
   range.addEventListener('pointercancel', release);
   range.addEventListener('input', () => {
+    heldUntil = performance.now() + HOLD_MS;
+    settle();
     const v = toValue(Number(range.value));
     box.value = fmt(spec, v);
     send(spec.address, [v]);
@@ -122,7 +129,7 @@ function fader(spec, host) {
   const ctl = {
     set(v) {
       if (v === null || v === undefined) return;
-      if (!dragging) range.value = toPos(v);
+      if (!dragging && performance.now() >= heldUntil) range.value = toPos(v);
       if (document.activeElement !== box) box.value = fmt(spec, v);
     },
     error(text) { err.textContent = text || ''; },
