@@ -123,6 +123,11 @@ class ControlApi:
         self.status = status
         self.on_error = on_error
         self.counts = dict.fromkeys(("accepted", "refused", "busy"), 0)
+        self._count_lock = threading.Lock()  # requests arrive on several server workers
+
+    def _count(self, key: str) -> None:
+        with self._count_lock:
+            self.counts[key] += 1
 
     def describe(self) -> dict[str, Any]:
         """Everything the page builds itself from (the first event of every stream, and
@@ -136,20 +141,20 @@ class ControlApi:
         try:
             packet = parse_request(body)
         except ValueError as exc:
-            self.counts["refused"] += 1
+            self._count("refused")
             return 400, {"ok": False, "address": "", "reason": str(exc)}
         result = self.surface.validate(packet)
         if isinstance(result, Rejected):
-            self.counts["refused"] += 1
+            self._count("refused")
             self.on_error(result.address, result.reason)
             return 400, {"ok": False, "address": result.address, "reason": result.reason}
         if not result:  # a button release: accepted, nothing to do
             return 200, {"ok": True, "applied": False}
         refusal = self.submit(result)
         if refusal is not None:
-            self.counts["busy"] += 1
+            self._count("busy")
             return 503, {"ok": False, "address": refusal.address, "reason": refusal.reason}
-        self.counts["accepted"] += 1
+        self._count("accepted")
         return 200, {"ok": True, "applied": True, "address": _address_of(packet)}
 
 

@@ -44,6 +44,7 @@ def test_a_change_goes_to_submit_as_the_osc_receiver_would():
     assert post(api, {"address": "/sd/strength", "args": [0.6]}) == (
         200, {"ok": True, "applied": True, "address": "/sd/strength"})
     assert rec.batches == [[SetParams({"strength": 0.6})]]
+    assert api.counts == {"accepted": 1, "refused": 0, "busy": 0}
     # the same messages sent as OSC datagrams make the same batches
     cases = [("/sd/seed", [7]), ("/sd/seed", [7.0]), ("/sd/bypass", [True]), ("/sd/prompt", ["ink"]),
              ("/sd/norm/guidance", [0.5]), ("/sd/preset", ["ink-wash"]), ("/sd/preset", [3]),
