@@ -460,6 +460,20 @@ class LocalHttpServer:
             self._write(conn, "?", "?", _plain(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode()), keep=False)
             return False
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        if not self.peer_allowed(conn.peer):
+            self._count("forbidden", conn.peer, "refused a client not in osc.allow")
+            response = _plain(HTTPStatus.FORBIDDEN, f"{conn.peer[0]} is not in osc.allow\n".encode())
+            return self._write(conn, method, target, response, keep=False)
+        host = headers.get("host")
+        if host is None:
+            self._count("bad_host", conn.peer, "refused a request without a Host header")
+            return self._write(conn, method, target, _plain(HTTPStatus.BAD_REQUEST, b"Host header required\n"),
+                               keep=False)
+        if not self.host_ok(host):
+            self._count("bad_host", conn.peer, f"refused Host {host[:80]!r}")
+            return self._write(conn, method, target, _plain(HTTPStatus.MISDIRECTED_REQUEST,
+                                                            b"wrong Host: use the address this server listens on\n"),
+                               keep=False)
         body = b""
         if "transfer-encoding" in headers:
             self._count("bad_request", conn.peer, "chunked request body")
@@ -477,20 +491,6 @@ class LocalHttpServer:
         if int(length_text):
             length = int(length_text)
             body, conn.buf = conn.buf[:length], conn.buf[length:]
-        if not self.peer_allowed(conn.peer):
-            self._count("forbidden", conn.peer, "refused a client not in osc.allow")
-            response = _plain(HTTPStatus.FORBIDDEN, f"{conn.peer[0]} is not in osc.allow\n".encode())
-            return self._write(conn, method, target, response, keep=False)
-        host = headers.get("host")
-        if host is None:
-            self._count("bad_host", conn.peer, "refused a request without a Host header")
-            return self._write(conn, method, target, _plain(HTTPStatus.BAD_REQUEST, b"Host header required\n"),
-                               keep=False)
-        if not self.host_ok(host):
-            self._count("bad_host", conn.peer, f"refused Host {host[:80]!r}")
-            return self._write(conn, method, target, _plain(HTTPStatus.MISDIRECTED_REQUEST,
-                                                            b"wrong Host: use the address this server listens on\n"),
-                               keep=False)
         path, _, query = target.partition("?")
         not_allowed = Response(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", headers={"Allow": "GET, HEAD"})
         if method not in ("GET", "HEAD", "POST"):
