@@ -100,8 +100,11 @@ def test_host_check_and_allow_list_apply_to_the_control_page(pages):
     port = pages(rec).address[1]
     assert post_json(port, {"address": "/sd/strength", "args": [0.3]}, host=f"evil.example:{port}")[0] == 421
     assert request(port, "GET", "/api/events", host=f"evil.example:{port}")[0] == 421
+    big = b'{"address": "/sd/prompt", "args": ["' + b"a" * 70_000 + b'"]}'
+    assert request(port, "POST", "/api/osc", big, JSON, host=f"evil.example:{port}")[0] == 421  # before any body rule
     port = pages(rec, allow=["10.1.2.3"]).address[1]
     assert post_json(port, {"address": "/sd/strength", "args": [0.3]})[0] == 403
+    assert request(port, "POST", "/api/osc", big, JSON)[0] == 403
     assert request(port, "GET", "/control")[0] == 403 and request(port, "GET", "/api/events")[0] == 403
     assert rec.batches == []
 
