@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help=f"echo every change and the status here (default {DEMO_FEEDBACK}; several "
                       "allowed; '' turns it off)")
     demo.add_argument("--status", default="127.0.0.1:9480",
-                      help="status page HOST:PORT (default 127.0.0.1:9480; '' turns it off)")
+                      help="status and control page HOST:PORT (default 127.0.0.1:9480; '' turns it off)")
     demo.add_argument("--mix", type=float, default=0.5, help="dry/wet mix at start (default 0.5)")
     demo.add_argument("--no-ndi", action="store_true", help="do not publish over NDI")
     demo.set_defaults(func=cmd_demo)
@@ -79,6 +79,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feedback", action="append", default=None, metavar="HOST:PORT", help="OSC feedback target")
     p.add_argument("--status", metavar="HOST:PORT",
                    help="serve the status page (health, input/output preview) here, e.g. 127.0.0.1:9480")
+    p.add_argument("--control", action="store_true", default=None,
+                   help="also serve the control page on the status page's address (HOST:PORT/control)")
     p.add_argument("--presets", metavar="DIR", help="preset folder (default presets/)")
     p.add_argument("--preset", help="recall this preset at start-up")
     p.add_argument("--prompt")
@@ -106,7 +108,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "fps": "output.fps", "output_size": "output.size", "resize": "output.resize",
         "no_signal": "output.no_signal", "osc": "osc.listen", "feedback": "osc.feedback",
         "presets": "presets.folder", "preset": "presets.initial", "prompt": "params.prompt",
-        "status": "status.listen",
+        "status": "status.listen", "control": "status.control",
     }
     for attr, key in simple.items():
         value = getattr(args, attr, None)
@@ -238,7 +240,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "sinks": sinks,
         "output": {"fps": args.fps},
         "osc": {"listen": args.osc, "feedback": feedback},
-        "status": {"listen": args.status or None},
+        "status": {"listen": args.status or None, "control": bool(args.status)},
         "presets": {"folder": str(presets) if presets.is_dir() else str(_packaged_presets())},
         # the tiny model's weights are random (its output is dark noise): show the test pattern
         # through it half and half so you can see frames flow; /sd/mix 1 shows the model alone

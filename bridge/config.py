@@ -144,6 +144,9 @@ class OscConfig(_Strict):
 class StatusConfig(_Strict):
     listen: str | None = Field(None, description="HOST:PORT of the status page (health + input/output "
                                "preview); unset: off. No authentication: keep it on 127.0.0.1 or a trusted network")
+    control: bool = Field(False, description="also serve the control page (/control: faders, prompts, presets, "
+                          "live preview and plots) on status.listen, taking changes like OSC does (osc.allow "
+                          "applies). Off by default: anyone who can open the page can change the show")
 
     @field_validator("listen")
     @classmethod
@@ -211,6 +214,8 @@ class DaemonConfig(_Strict):
                 f"pipeline.denoising_batch: false runs the U-Net at varying batch sizes, which the "
                 f"static-shape {self.pipeline.acceleration!r} engines cannot; use acceleration: none"
             )
+        if self.status.control and not self.status.listen:
+            raise ValueError("status.control: the control page is served on status.listen, which is not set")
         if not self.osc.enabled and (self.osc.query_port is not None or self.osc.advertise):
             raise ValueError("osc.query_port / osc.advertise describe the OSC port, but osc.enabled is false")
         return self

@@ -340,15 +340,28 @@ class Daemon:
         from bridge.status_page import StatusPage
 
         host, _, port = listen.rpartition(":")
+        control = self._control_api() if self.cfg.status.control else None
         try:
             self.status_page = StatusPage(host, int(port), self.page_status, self._preview_frame,
-                                          allow=self.cfg.osc.allow)
+                                          allow=self.cfg.osc.allow, control=control)
         except ValueError as exc:
             raise StartupError(f"osc.allow: {exc}") from None
         except OSError as exc:
             raise StartupError(f"status.listen: cannot listen on {listen} ({exc.strerror or exc}); choose "
                                "another HOST:PORT (port 0 picks a free one) or leave it unset") from None
         self.status_page.start()
+
+    def _control_api(self) -> Any:
+        """The control page's API: the OSC table's validator, the OSC receiver's submit path, a
+        refusal reported like a refused OSC packet."""
+        from bridge.control.surface import ControlSurface
+        from bridge.web.api import ControlApi
+
+        presets = self.presets
+        return ControlApi(
+            self.osc.surface if self.osc is not None else ControlSurface(self.cfg.osc.ranges), self.submit,
+            values=self.controller.snapshot, presets=presets.names if presets is not None else list,
+            status=self.status, on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))))
 
     def _preview_frame(self, which: str) -> np.ndarray | None:
         if which == "input":
@@ -419,6 +432,12 @@ class Daemon:
                 self._stop.wait(rest)
             last_pass = time.monotonic()
             params, status, errors, dropped = self._fb_queue.take(timeout=0.05)
+            live = self.status_page.live if self.status_page is not None else None
+            if live is not None and (params or status or errors):
+                try:
+                    live.publish(params, status, errors)  # the control page's events
+                except Exception:
+                    log.exception("control page events failed")
             for address, reason in errors:
                 self._rejected_log.log("rejected %s: %s", address, reason)
             self._rejected_log.skip(dropped)

@@ -1,9 +1,19 @@
 """A small hardened HTTP/1.1 server for the daemon's side services (status page, OSCQuery).
 
 A service subclasses :class:`LocalHttpServer` and implements ``route(path, query) -> Response``,
-called on the server's worker threads for GET and HEAD (other methods get 405). An exception in
-it is logged (throttled) and answered with 500; a client that goes away mid-answer is ignored.
-Nothing here prints: per-request lines go to ``logging`` at debug level.
+called on the server's worker threads for GET and HEAD. A service that takes changes also
+implements ``post(path, query, headers, body)``; without it POST (and every other method) gets
+405. An exception in either is logged (throttled) and answered with 500; a client that goes away
+mid-answer is ignored. Nothing here prints: per-request lines go to ``logging`` at debug level.
+
+A request body (``Content-Length`` only, at most 64 KiB; chunked bodies get 411, larger ones 413)
+is gathered by the I/O thread together with the head, under the same request timeout, so a
+client that sends its body slowly holds a file descriptor, never a worker.
+
+A route may answer with ``Response(stream=EventStreams)``: the worker writes the head of a
+``text/event-stream`` answer and hands the connection to that :class:`EventStreams`, whose one
+thread writes the events to every such client (server-sent events). A stream still counts
+towards the connection cap; :class:`EventStreams` caps how many there may be (503 beyond it).
 
 Built so that no client can take the service (or the daemon's file descriptors) down:
 
@@ -51,10 +61,11 @@ DEFAULT_WORKERS = 4
 DEFAULT_REQUEST_TIMEOUT = 5.0
 DEFAULT_WRITE_TIMEOUT = 5.0
 MAX_HEAD_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024
 _ACCEPT_BATCH = 256  # connections accepted per wake-up before reading the others again
 _TICK = 0.1  # how often the I/O thread looks for expired connections
 COUNTERS = ("accepted", "served", "evicted", "refused_busy", "timed_out", "forbidden", "bad_host",
-            "bad_request")
+            "bad_request", "streams")
 
 
 @dataclass
@@ -63,6 +74,8 @@ class Response:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    #: answer with a server-sent-event stream kept open by these streams (``body`` is sent first)
+    stream: EventStreams | None = None
 
 
 class _Conn:
@@ -85,6 +98,32 @@ def _head_end(buf: bytes) -> int:
     j = buf.find(b"\n\n")
     ends = [k + 4 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
     return min(ends) if ends else -1
+
+
+def _body_length(head: bytes) -> int:
+    """The ``Content-Length`` a request head announces (0 without one); -1 when it cannot be
+    read here (a malformed or chunked head: the worker answers it, with no body to wait for)."""
+    length = 0
+    for line in head.split(b"\n")[1:]:
+        name, sep, value = line.partition(b":")
+        key = name.strip().lower()
+        if key == b"transfer-encoding":
+            return -1
+        if sep and key == b"content-length":
+            text = value.strip()
+            if not text.isdigit() or len(text) > 12:
+                return -1
+            length = int(text)
+    return length if length <= MAX_BODY_BYTES else -1
+
+
+def _request_ready(buf: bytes) -> bool:
+    """Whether ``buf`` starts with a whole request: its head and the body the head announces."""
+    end = _head_end(buf)
+    if end < 0:
+        return False
+    length = _body_length(buf[:end])
+    return length < 0 or len(buf) - end >= length
 
 
 def _peer_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -169,6 +208,11 @@ class LocalHttpServer:
     # ------------------------------------------------------------------ public
     def route(self, path: str, query: str) -> Response:
         raise NotImplementedError
+
+    def post(self, path: str, query: str, headers: dict[str, str], body: bytes) -> Response | None:
+        """Answer a POST (``headers`` keys are lower case). None (the default): this service
+        takes no POST, answered with 405."""
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -341,9 +385,11 @@ class LocalHttpServer:
             self._drop(conn)
             return
         conn.buf += data
-        if _head_end(conn.buf) >= 0:
+        if _request_ready(conn.buf):
             self._unwatch(conn)
             self._jobs.put(conn)
+        elif _head_end(conn.buf) >= 0:
+            pass  # the body is on its way (at most MAX_BODY_BYTES, within the request timeout)
         elif len(conn.buf) > MAX_HEAD_BYTES:
             self._count("bad_request", conn.peer, "request head over 16 KiB")
             self._unwatch(conn)
@@ -377,7 +423,7 @@ class LocalHttpServer:
             conn = self._jobs.get()
             if conn is None:
                 return
-            keep = False
+            keep: bool | None = False
             try:
                 keep = self._serve(conn)
             except OSError:
@@ -385,6 +431,8 @@ class LocalHttpServer:
             except Exception:
                 if self.errors.hit() is not None:
                     log.warning("%s: request from %s failed", self.label, conn.peer, exc_info=True)
+            if keep is None:
+                continue  # handed to an event stream, which closes it
             if not keep or self._closing:
                 self._close(conn)
                 continue
@@ -393,14 +441,15 @@ class LocalHttpServer:
             except OSError:
                 self._close(conn)
                 continue
-            if _head_end(conn.buf) >= 0:
+            if _request_ready(conn.buf):
                 self._jobs.put(conn)  # a pipelined request already arrived
             else:
                 self._returned.put(conn)
                 self._wake()
 
-    def _serve(self, conn: _Conn) -> bool:
-        """Answer the request at the start of ``conn.buf``; True to keep the connection."""
+    def _serve(self, conn: _Conn) -> bool | None:
+        """Answer the request at the start of ``conn.buf``; True to keep the connection, None
+        when it was handed to an event stream."""
         end = _head_end(conn.buf)
         head, conn.buf = conn.buf[:end], conn.buf[end:]
         conn.sock.settimeout(self.write_timeout)
@@ -411,9 +460,6 @@ class LocalHttpServer:
             self._write(conn, "?", "?", _plain(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode()), keep=False)
             return False
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
-        if has_body:
-            keep = False  # nothing here reads a body: never parse one as the next request
         if not self.peer_allowed(conn.peer):
             self._count("forbidden", conn.peer, "refused a client not in osc.allow")
             response = _plain(HTTPStatus.FORBIDDEN, f"{conn.peer[0]} is not in osc.allow\n".encode())
@@ -428,18 +474,59 @@ class LocalHttpServer:
             return self._write(conn, method, target, _plain(HTTPStatus.MISDIRECTED_REQUEST,
                                                             b"wrong Host: use the address this server listens on\n"),
                                keep=False)
-        if method not in ("GET", "HEAD"):
-            response = Response(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", headers={"Allow": "GET, HEAD"})
-            return self._write(conn, method, target, response, keep=keep, head=False)
+        body = b""
+        if "transfer-encoding" in headers:
+            self._count("bad_request", conn.peer, "chunked request body")
+            return self._write(conn, method, target, _plain(HTTPStatus.LENGTH_REQUIRED, b"send a Content-Length\n"),
+                               keep=False)
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit() or len(length_text) > 12:
+            self._count("bad_request", conn.peer, "bad Content-Length")
+            return self._write(conn, method, target, _plain(HTTPStatus.BAD_REQUEST, b"bad Content-Length\n"),
+                               keep=False)
+        if int(length_text) > MAX_BODY_BYTES:
+            self._count("bad_request", conn.peer, "request body over 64 KiB")
+            return self._write(conn, method, target, _plain(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                                            b"request body too large\n"), keep=False)
+        if int(length_text):
+            length = int(length_text)
+            body, conn.buf = conn.buf[:length], conn.buf[length:]
         path, _, query = target.partition("?")
+        not_allowed = Response(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", headers={"Allow": "GET, HEAD"})
+        if method not in ("GET", "HEAD", "POST"):
+            return self._write(conn, method, target, not_allowed, keep=False, head=False)
         try:
-            response = self.route(path, query)
+            if method == "POST":
+                posted = self.post(path, query, headers, body)
+                if posted is None:
+                    return self._write(conn, method, target, not_allowed, keep=False, head=False)
+                response = posted
+            else:
+                response = self.route(path, query)
         except Exception:
             if self.errors.hit() is not None:
                 log.warning("%s: %s failed", self.label, target[:200], exc_info=True)
             response = Response(HTTPStatus.INTERNAL_SERVER_ERROR, b"error (see the daemon log)\n")
         self._count("served")
+        if response.stream is not None and method == "GET" and int(response.code) == HTTPStatus.OK:
+            return self._hand_to_stream(conn, target, response)
         return self._write(conn, method, target, response, keep=keep, head=method == "HEAD")
+
+    def _hand_to_stream(self, conn: _Conn, target: str, response: Response) -> bool | None:
+        streams = response.stream
+        assert streams is not None
+        head = ["HTTP/1.1 200 OK", "Server: StreamBridge", "Cache-Control: no-store",
+                "X-Content-Type-Options: nosniff", "Content-Type: text/event-stream; charset=utf-8",
+                *(f"{k}: {v}" for k, v in response.headers.items())]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if not streams.attach(conn.sock, data + response.body, lambda: self._close(conn)):
+            busy = Response(HTTPStatus.SERVICE_UNAVAILABLE,
+                            f"{streams.max_streams} live views open already; close one\n".encode())
+            self._count("refused_busy", conn.peer, "too many event streams")
+            return self._write(conn, "GET", target, busy, keep=False)
+        self._count("streams")
+        log.debug('%s: %s "GET %s" 200 (event stream)', self.label, conn.peer[0], target[:200])
+        return None
 
     def _write(self, conn: _Conn, method: str, target: str, response: Response, *, keep: bool,
                head: bool = False) -> bool:
@@ -506,3 +593,210 @@ def _close_quietly(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+class _Stream:
+    __slots__ = ("sock", "buf", "close", "last_write", "dead", "events")
+
+    def __init__(self, sock: socket.socket, first: bytes, close: Any, now: float) -> None:
+        self.sock = sock
+        self.buf = bytearray(first)
+        self.close = close
+        self.last_write = now
+        self.dead = False
+        self.events = 0  # selector mask it is registered with (0: not yet)
+
+
+class EventStreams:
+    """Server-sent-event connections, all written by ONE thread (never a thread per client).
+
+    :meth:`broadcast` (any thread, never blocks) appends an event to every client's buffer; the
+    thread writes what each client can take without blocking. A client whose unsent backlog would
+    pass ``max_backlog`` bytes (a phone that went to sleep, a stalled network) is closed: its
+    browser reconnects and starts from a fresh snapshot. At most ``max_streams`` clients at once
+    (:meth:`attach` refuses more). Every ``keepalive`` seconds without an event a comment line
+    goes out, so a vanished client is noticed and proxies keep the connection. ``on_tick`` is
+    called on the thread every ``tick`` seconds (for periodic events); an exception in it is
+    logged (throttled) and the thread goes on.
+    """
+
+    def __init__(self, label: str, *, max_streams: int = 8, max_backlog: int = 256 * 1024,
+                 keepalive: float = 15.0, tick: float = 0.5, on_tick: Any = None) -> None:
+        if max_streams < 1 or max_backlog < 1024 or keepalive <= 0 or tick <= 0:
+            raise ValueError("max_streams >= 1, max_backlog >= 1024, keepalive and tick > 0")
+        self.label = label
+        self.max_streams = int(max_streams)
+        self.max_backlog = int(max_backlog)
+        self.keepalive = float(keepalive)
+        self.tick = float(tick)
+        self.on_tick = on_tick
+        self.hello: Any = None
+        self.dropped_slow = 0
+        self._lock = threading.Lock()
+        self._streams: dict[socket.socket, _Stream] = {}
+        self._errors = LogThrottle(10.0)
+        self._closing = False
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.label, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._closing = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        with self._lock:
+            left = list(self._streams.values())
+            self._streams.clear()
+        for st in left:
+            st.close()
+        for s in (self._wake_r, self._wake_w):
+            _close_quietly(s)
+        try:
+            self._sel.close()
+        except Exception:  # already closed
+            pass
+
+    def attach(self, sock: socket.socket, first: bytes, close: Any) -> bool:
+        """Take over ``sock`` (its answer head and anything else in ``first`` go out first);
+        ``close()`` is called once when the stream ends. False (nothing taken) when full.
+        ``hello()``, if set, returns the first event (a snapshot); it is made under the same
+        lock :meth:`broadcast` takes, so no event is missed or overtaken between the two."""
+        if self._closing:
+            return False
+        try:
+            sock.setblocking(False)
+        except OSError:
+            return False
+        with self._lock:
+            if len(self._streams) >= self.max_streams:
+                return False
+            extra = self.hello() if self.hello is not None else b""
+            self._streams[sock] = _Stream(sock, first + extra, close, time.monotonic())
+        self._wake()
+        return True
+
+    def broadcast(self, data: bytes) -> None:
+        """Queue ``data`` (one or more whole events) for every client."""
+        slow = False
+        with self._lock:
+            for st in self._streams.values():
+                if st.dead:
+                    continue
+                if len(st.buf) + len(data) > self.max_backlog:
+                    st.dead = True
+                    self.dropped_slow += 1
+                    slow = True
+                    continue
+                st.buf += data
+        if slow and self._errors.hit() is not None:
+            log.info("%s: closed a live view that could not keep up (its browser reconnects)", self.label)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.tick
+        while not self._closing:
+            with self._lock:
+                streams = list(self._streams.values())
+            for st in streams:
+                if st.dead:
+                    self._drop(st)
+                    continue
+                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if st.buf else 0)
+                if want != st.events:
+                    try:
+                        if st.events:
+                            self._sel.modify(st.sock, want, st)
+                        else:
+                            self._sel.register(st.sock, want, st)
+                        st.events = want
+                    except (OSError, ValueError, KeyError):
+                        self._drop(st)
+            try:
+                events = self._sel.select(max(0.0, next_tick - time.monotonic()))
+            except OSError:  # pragma: no cover - closed under us at stop
+                break
+            for key, mask in events:
+                st = key.data
+                if st is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                if mask & selectors.EVENT_READ:
+                    try:
+                        got = st.sock.recv(4096)
+                    except (BlockingIOError, InterruptedError):
+                        got = b"?"
+                    except OSError:
+                        got = b""
+                    if not got:  # the client went away
+                        self._drop(st)
+                        continue
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(st)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.tick
+                if self.on_tick is not None:
+                    try:
+                        self.on_tick()
+                    except Exception:
+                        if self._errors.hit() is not None:
+                            log.warning("%s: periodic event failed", self.label, exc_info=True)
+                with self._lock:
+                    for st in self._streams.values():
+                        if not st.buf and now - st.last_write > self.keepalive:
+                            st.buf += b": keep-alive\n\n"
+            with self._lock:
+                pending = [st for st in self._streams.values() if st.buf and not st.dead]
+            for st in pending:
+                self._flush(st)
+
+    def _flush(self, st: _Stream) -> None:
+        with self._lock:
+            data = bytes(st.buf)
+        if not data:
+            return
+        try:
+            sent = st.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(st)
+            return
+        with self._lock:
+            del st.buf[:sent]
+        st.last_write = time.monotonic()
+
+    def _drop(self, st: _Stream) -> None:
+        with self._lock:
+            if self._streams.get(st.sock) is not st:
+                return
+            del self._streams[st.sock]
+        if st.events:
+            try:
+                self._sel.unregister(st.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        st.close()

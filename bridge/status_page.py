@@ -1,9 +1,19 @@
-"""A small local web page: the daemon's health and a preview of its input and output.
+"""A small local web page: the daemon's health and a preview of its input and output; and, when
+switched on (``status.control``), the browser control page.
 
 ``http://HOST:PORT/`` shows the source state, output and processed fps, latency, drops, sinks and
-the current preset, next to the latest input and output frames (JPEG, at most 384 px wide), and
-refreshes itself twice a second. Other paths: ``/status.json`` (the same figures), ``/input.jpg``,
-``/output.jpg`` (503 until a frame exists). Only GET and HEAD are served.
+the current preset with readable names and a line on what each means, next to the latest input
+and output frames (JPEG, at most 384 px wide), and refreshes itself twice a second. Other paths:
+``/status.json`` (the same figures), ``/input.jpg``, ``/output.jpg`` (503 until a frame exists),
+``/static/...`` (the pages' files, package data). Only GET and HEAD are served, unless the
+control page is on:
+
+``/control`` is the control page (:mod:`bridge.web`); ``GET /api/state`` its parameter table,
+values, presets and plots' history; ``GET /api/events`` a server-sent-event stream of every
+change; ``POST /api/osc`` a change (JSON, validated like an OSC packet). A POST must be
+``Content-Type: application/json`` and, when the browser says where it comes from (``Origin``,
+``Sec-Fetch-Site``), come from this page: another web site cannot send changes through a visitor's
+browser (a cross-site JSON POST needs a CORS preflight, which this server never grants).
 
 The page reads what the other threads already publish (metrics, the latest frames by reference);
 it never touches the model, the pipeline or a sink, and an error in a request is logged and
@@ -22,66 +32,33 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bridge.httpserver import LocalHttpServer, Response
+from bridge.httpserver import EventStreams, LocalHttpServer, Response
+
+if TYPE_CHECKING:
+    from bridge.web.api import ControlApi
 
 log = logging.getLogger(__name__)
 
 PREVIEW_MAX_WIDTH = 384
 JPEG_QUALITY = 80
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>StreamBridge</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body{font:14px system-ui,sans-serif;background:#111;color:#ddd;margin:16px}
- h1{font-size:18px;margin:0 0 12px} .row{display:flex;gap:16px;flex-wrap:wrap}
- figure{margin:0} figcaption{color:#888;margin-top:4px}
- img{width:384px;max-width:100%;background:#000;border:1px solid #333;image-rendering:auto}
- table{border-collapse:collapse;margin-top:12px} td{padding:2px 12px 2px 0;vertical-align:top}
- td:last-child{max-width:640px;overflow-wrap:anywhere}
- td:first-child{color:#888} .live{color:#6c6} .bad{color:#e66}
-</style></head><body>
-<h1>StreamBridge <span id="state"></span></h1>
-<div class="row">
- <figure><img id="input" alt="input"><figcaption>input (what the pipeline receives)</figcaption></figure>
- <figure><img id="output" alt="output"><figcaption>output (what the sinks are sent)</figcaption></figure>
-</div>
-<table id="figures"></table>
-<script>
-function refreshImage(id){
-  const img=document.getElementById(id);
-  const next=()=>setTimeout(()=>refreshImage(id),250);
-  const probe=new Image();
-  probe.onload=()=>{img.src=probe.src;next();};
-  probe.onerror=next;
-  probe.src='/'+id+'.jpg?t='+Date.now();
-}
-async function refreshFigures(){
-  try{
-    const r=await fetch('/status.json',{cache:'no-store'});
-    const s=await r.json();
-    const st=document.getElementById('state');
-    st.textContent=s.source+(s.source_error?': '+s.source_error:''); st.className=s.source==='live'?'live':'bad';
-    const esc=t=>String(t).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-    const rows=[];
-    for(const [k,v] of Object.entries(s)){
-      if(v!==null&&typeof v==='object'){  // one level down: params.prompt, sinks.0 ...
-        for(const [k2,v2] of Object.entries(v))
-          rows.push([k+'.'+k2,typeof v2==='object'?JSON.stringify(v2):v2]);
-      }else rows.push([k,v]);
-    }
-    document.getElementById('figures').innerHTML=
-      rows.map(([k,v])=>'<tr><td>'+esc(k)+'</td><td>'+esc(v)+'</td></tr>').join('');
-  }catch(e){document.getElementById('state').textContent='(daemon not answering)';}
-  setTimeout(refreshFigures,500);
-}
-refreshImage('input'); refreshImage('output'); refreshFigures();
-</script></body></html>
-"""
+_STATIC = ("status.html", "status.js", "page.css", "control.html", "control.js", "control.css")
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8"}
+#: the pages load nothing from elsewhere and run no inline script
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def _load_assets() -> dict[str, bytes]:
+    """The page files, shipped as package data in ``bridge/web/static`` (read once)."""
+    folder = resources.files("bridge.web").joinpath("static")
+    return {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
 
 def encode_preview(rgb: np.ndarray, max_width: int = PREVIEW_MAX_WIDTH, quality: int = JPEG_QUALITY) -> bytes:
@@ -117,10 +94,21 @@ class StatusPage(LocalHttpServer):
 
     def __init__(self, host: str, port: int, status: Callable[[], dict[str, Any]],
                  frame: Callable[[str], np.ndarray | None], *, allow: Sequence[str] | None = None,
-                 **server: Any) -> None:
+                 control: ControlApi | None = None, max_streams: int = 8, **server: Any) -> None:
         self.status = status
         self.frame = frame
         self._previews = {"input": _Preview(), "output": _Preview()}
+        self._assets = _load_assets()
+        self.control = control
+        self.events: EventStreams | None = None
+        self.live = None
+        if control is not None:
+            from bridge.web.api import LiveEvents
+
+            self.events = EventStreams("status-page-events", max_streams=max_streams)
+            self.live = LiveEvents(control, self.events.broadcast)
+            self.events.on_tick = self.live.tick
+            self.events.hello = self.live.hello
         super().__init__(host, port, "status-page", allow=allow, **server)  # binds now
 
     @property
@@ -142,11 +130,28 @@ class StatusPage(LocalHttpServer):
                 cache.encodes += 1
             return cache.jpeg
 
+    def _asset(self, name: str) -> Response:
+        headers = {"Content-Security-Policy": _CSP} if name.endswith(".html") else {}
+        return Response(HTTPStatus.OK, self._assets[name], _TYPES[name[name.rindex("."):]], headers)
+
     def route(self, path: str, query: str) -> Response:
         if path == "/":
-            return Response(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+            return self._asset("status.html")
+        if path.startswith("/static/") and path[8:] in self._assets and not path.endswith(".html"):
+            return self._asset(path[8:])
         if path == "/status.json":
-            return Response(HTTPStatus.OK, json.dumps(self.status(), default=str).encode(), "application/json")
+            status = {**self.status(), "control_page": self.control is not None}
+            return Response(HTTPStatus.OK, json.dumps(status, default=str).encode(), "application/json")
+        if path in ("/control", "/api/state", "/api/events"):
+            if self.control is None or self.live is None:
+                return Response(HTTPStatus.NOT_FOUND, b"the control page is off (status.control: true, or "
+                                b"streambridge run --control, turns it on)\n")
+            if path == "/control":
+                return self._asset("control.html")
+            if path == "/api/state":
+                state = {**self.control.describe(), "history": self.live.history()}
+                return _json(HTTPStatus.OK, state)
+            return Response(HTTPStatus.OK, stream=self.events)
         if path in ("/input.jpg", "/output.jpg"):
             jpeg = self.preview_jpeg(path[1:-4])
             if jpeg is None:
@@ -154,6 +159,39 @@ class StatusPage(LocalHttpServer):
             return Response(HTTPStatus.OK, jpeg, "image/jpeg")
         return Response(HTTPStatus.NOT_FOUND, b"not found\n")
 
+    def post(self, path: str, query: str, headers: dict[str, str], body: bytes) -> Response | None:
+        if self.control is None or path != "/api/osc":
+            return None  # 405, as for every other path
+        if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return _json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"ok": False, "address": "",
+                                                             "reason": "send Content-Type: application/json"})
+        if not self._same_origin(headers):
+            return _json(HTTPStatus.FORBIDDEN, {"ok": False, "address": "",
+                                                "reason": "changes are only taken from this server's own page"})
+        code, answer = self.control.apply(body)
+        return _json(code, answer)
+
+    def _same_origin(self, headers: dict[str, str]) -> bool:
+        """False when the browser says the request comes from another site."""
+        site = headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = headers.get("origin")
+        if origin is None:
+            return True  # not sent by a browser page (curl, a script): the Host check applies
+        return origin.lower() == "http://" + headers.get("host", "").lower()
+
     def start(self) -> None:
         super().start()
-        log.info("status page on %s", self.url)
+        if self.events is not None:
+            self.events.start()
+        log.info("status page on %s%s", self.url, f" (control page: {self.url}control)" if self.control else "")
+
+    def stop(self) -> None:
+        if self.events is not None:
+            self.events.stop()
+        super().stop()
+
+
+def _json(code: int, data: Any) -> Response:
+    return Response(code, json.dumps(data, default=str).encode(), "application/json")

@@ -44,7 +44,12 @@ def test_page_and_figures(daemon):
     assert daemon.status_page.url == f"http://127.0.0.1:{port}/"
     code, headers, body = _get(port, "/")
     assert code == 200 and headers["content-type"].startswith("text/html")
-    assert b"StreamBridge" in body and b"/status.json" in body and b"refreshImage('output')" in body
+    assert b"StreamBridge" in body and b'src="/static/status.js"' in body
+    assert "script-src 'self'" in headers["content-security-policy"]  # no inline script, nothing from elsewhere
+    code, headers, script = _get(port, "/static/status.js")
+    assert code == 200 and headers["content-type"].startswith("text/javascript")
+    assert b"/status.json" in script and b"refreshImage('output')" in script
+    assert b"Processed fps" in script  # the figures have readable names and explanations
     code, headers, body = _get(port, "/status.json?x=1")
     status = json.loads(body)
     assert code == 200 and headers["cache-control"] == "no-store"
