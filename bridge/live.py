@@ -54,6 +54,7 @@ PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
 MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
 NOISE_KEYS = ("seed", "seed_b", "seed_mix")  # together they make the stream's noise
 FAILURE_LOG_INTERVAL_S = 5.0
+BEAT_EPS = 1e-9  # beats: a tick this close before a boundary is on it (float rounding of the clock)
 BPM_FOLLOW_STEP = 0.005  # an external (Link) tempo change smaller than this is not echoed
 
 
@@ -334,7 +335,7 @@ class LiveController:
         s = self._scheduled
         assert s is not None
         beat = self.tempo.beat_at(now)
-        if beat < s.beat:
+        if beat < s.beat - BEAT_EPS:
             return
         self._scheduled = None
         late = (beat - s.beat) * 60.0 / self.tempo.bpm
@@ -608,7 +609,7 @@ class LiveController:
     def _beat_report(self, now: float) -> None:
         """``/sd/status/beat`` (beat number, position in the bar in beats) once per beat."""
         beat = self.tempo.beat_at(now)
-        n = math.floor(beat)
+        n = math.floor(beat + BEAT_EPS)
         last = self._last_beat
         if last is None or n > last or n < last - 1:  # a clock moved back by a beat or more restarts
             self._last_beat = n

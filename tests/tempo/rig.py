@@ -4,6 +4,7 @@ and a CPU/device mix-up in them fails here as it would on CUDA."""
 
 from __future__ import annotations
 
+import time
 import zlib
 from typing import Any
 
@@ -39,7 +40,8 @@ def encode(text: str) -> torch.Tensor:
 
 
 class Rig:
-    def __init__(self, folder: Any, *, quantize: str = "off", bpm: float = 120.0, **kwargs: Any) -> None:
+    def __init__(self, folder: Any, *, quantize: str = "off", bpm: float = 120.0, real_clock: bool = False,
+                 **kwargs: Any) -> None:
         for name, text in PRESETS.items():
             (folder / f"{name}.yaml").write_text(text)
         self.folder = folder
@@ -58,7 +60,8 @@ class Rig:
             self.pipe, self.cache, self.store, cold,
             initial={"prompt": "a red fox", "negative_prompt": "", "bpm": bpm},
             feedback=self.echoes.append, error=lambda a, r: self.errors.append((a, r)),
-            status=lambda k, v: self.statuses.append((k, v)), clock=lambda: self.now, quantize=quantize, **kwargs)
+            status=lambda k, v: self.statuses.append((k, v)),
+            clock=time.monotonic if real_clock else (lambda: self.now), quantize=quantize, **kwargs)
         assert self.ctl.prewarm(["a red fox", ""]).wait(10)
         assert self.ctl.prewarm().wait(10)
         self.guard = DeviceGuard()

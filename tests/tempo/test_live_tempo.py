@@ -10,6 +10,7 @@ import pytest
 
 from bridge.control.surface import RecallPreset, SavePreset, SetParams, StepPreset, TempoTap
 from bridge.lfo import seed_for, wave
+from bridge.tempo import InternalClock
 from tests.tempo.rig import FPS, Rig
 
 FRAME = 1.0 / FPS
@@ -250,3 +251,29 @@ def test_bad_control_changes_nothing(rig):
     rig.step()
     assert rig.errors and "no preset 'missing'" in rig.errors[0][1]
     assert rig.ctl._scheduled is None and rig.ctl.lfos == lfos
+
+
+class SessionClock(InternalClock):
+    """Stands in for Link: another peer changes the tempo; the phase is never ours to move."""
+
+    kind = "link"
+
+    def align(self, now: float, beat: float) -> None:
+        self.aligned = True
+
+
+def test_an_external_tempo_is_followed_and_echoed(tmp_path):
+    session = SessionClock(120.0, 4, clock=lambda: 0.0)
+    r = Rig(tmp_path, tempo=session)
+    try:
+        r.run(0.1)
+        session.set_bpm(128.004, r.now)  # a peer changed the session's tempo
+        r.step()
+        assert r.ctl.values["bpm"] == 128.0 and r.echoed("bpm") == [128.0]
+        session.set_bpm(128.002, r.now)  # jitter under a hundredth: not echoed again
+        r.run(0.1)
+        assert r.echoed("bpm") == [128.0]
+        assert r.ctl.tempo_status()["clock"] == "link"
+        r.check()
+    finally:
+        r.close()
