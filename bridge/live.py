@@ -673,7 +673,8 @@ class LiveController:
                 self._push(p, mod[p] if p in mod else self._morph_now.get(p, float(self.values[p])))
             except Exception as exc:  # one report, then the LFO is off (no failure per frame)
                 self.lfos.pop(p, None)
-                self.modulated.pop(p, None)
+                self.modulated = {k: v for k, v in self.modulated.items() if k != p}  # replaced, never
+                # changed in place: the status page copies it from another thread
                 self._control_failed(f"/sd/lfo/{p}", f"LFO on {p} failed and was removed: {exc}", exc, end_morph=False)
         self.effective = {**self.values, **self.modulated} if self.modulated else self.values
 

@@ -277,3 +277,35 @@ def test_an_external_tempo_is_followed_and_echoed(tmp_path):
         r.check()
     finally:
         r.close()
+
+
+def test_an_lfo_rides_on_a_running_morph(rig):
+    rig.ctl.submit([SetParams({"lfo/guidance/shape": "square", "lfo/guidance/rate": 1.0, "lfo/guidance/depth": 0.5})])
+    rig.ctl.submit([RecallPreset("morph")])  # guidance 1.2 -> 5.0 over 2 beats (1 s at 120 bpm)
+    rig.step()
+    t0 = rig.ctl._morph.t0
+    for _ in range(20):
+        rig.step()
+        u = min(1.0, (rig.now - t0) / 1.0)
+        base = 1.2 + (5.0 - 1.2) * u
+        sign = 1.0 if (rig.now * 2.0) % 1.0 < 0.5 else -1.0
+        assert rig.pipe.guidance_scale == pytest.approx(base + 0.5 * sign, abs=1e-9)
+    assert rig.ctl.values["guidance"] == 1.2  # the fader moves when the morph ends, never with the LFO
+    rig.run(1.0)
+    assert rig.ctl.values["guidance"] == 5.0 and rig.pipe.guidance_scale in (4.5, 5.5)
+    rig.check()
+
+
+def test_a_failing_lfo_is_removed_with_one_report(rig, monkeypatch):
+    rig.ctl.submit([SetParams({"lfo/delta/depth": 0.1, "delta": 0.9})])
+    rig.step()
+    assert "delta" in rig.ctl.modulated
+
+    def broken(value):
+        raise RuntimeError("delta refused")
+
+    monkeypatch.setattr(rig.pipe, "set_delta", broken)
+    rig.run(0.5)  # 15 ticks: one report, not one per frame
+    assert len(rig.errors) == 1 and rig.errors[0][0] == "/sd/lfo/delta"
+    assert "delta refused" in rig.errors[0][1]
+    assert rig.ctl.lfos == {} and rig.ctl.modulated == {} and rig.ctl.values["delta"] == 0.9
