@@ -3,7 +3,9 @@
 An LFO adds ``amplitude * wave(x)`` to a parameter's fader value every control tick, where ``x``
 is the position in cycles: ``beats / rate + phase`` when it follows the tempo (``sync``; ``rate``
 is then the cycle length in beats: 1 = one cycle per beat, 4 = one per 4/4 bar) or ``seconds *
-rate + phase`` when it runs free (``rate`` in Hz). Every wave spans -1..1:
+rate + phase`` when it runs free (``rate`` in Hz; a rate change there continues the wave from
+where it is instead of jumping, while a synced LFO stays locked to the beat grid). Every wave
+spans -1..1:
 
 * ``sine``: ``sin(2 pi x)``
 * ``triangle``: 0 at x = 0, +1 at 1/4, -1 at 3/4 (in step with the sine)
@@ -111,9 +113,19 @@ class Lfo:
     phase: float = 0.0
     enabled: bool = True
     seed: int = 0
+    # free-running only: the wave's position is c0 cycles at t0 seconds, so a rate change (which
+    # moves the anchor) never makes it jump; synced LFOs stay locked to the beat grid instead
+    t0: float = 0.0
+    c0: float = 0.0
 
     def cycles(self, seconds: float, beats: float) -> float:
-        return (beats / self.rate if self.sync else seconds * self.rate) + self.phase
+        if self.sync:
+            return beats / self.rate + self.phase
+        return (seconds - self.t0) * self.rate + self.c0 + self.phase
+
+    def continued_from(self, before: Lfo, seconds: float, beats: float) -> Lfo:
+        """This (free-running) LFO anchored so its wave goes on from where ``before`` is now."""
+        return replace(self, t0=seconds, c0=before.cycles(seconds, beats) - before.phase)
 
     def amplitude(self, control_range: tuple[float, float]) -> float:
         if self.norm:

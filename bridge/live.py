@@ -632,9 +632,12 @@ class LiveController:
 
     def _set_lfo_field(self, param: str, field: str, value: Any) -> bool:
         old = self.lfos.get(param)
-        new = (old or Lfo(seed=seed_for(param))).with_field(field, value)
+        base = old or Lfo(seed=seed_for(param))
+        new = base.with_field(field, value)
         if new == old:
             return False
+        if not new.sync and field in ("rate", "sync"):  # free-running: no jump in the wave
+            new = new.continued_from(base, self._now - self._t_origin, self.tempo.beat_at(self._now))
         self.lfos[param] = new
         return True
 

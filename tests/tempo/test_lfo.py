@@ -88,3 +88,12 @@ def test_good_fields_are_coerced() -> None:
     assert check_field("rate", 4) == 4.0 and isinstance(check_field("rate", 4), float)
     assert check_field("sync", 0) is False and check_field("enabled", 1.0) is True
     assert check_field("shape", "random") == "random"
+
+
+def test_a_free_running_lfo_continues_from_where_it_was() -> None:
+    before = Lfo(shape="saw", rate=1.0, sync=False, depth=1.0, phase=0.25)
+    after = Lfo(shape="saw", rate=3.0, sync=False, depth=1.0, phase=0.25).continued_from(before, 10.4, 0.0)
+    assert after.cycles(10.4, 0.0) == pytest.approx(before.cycles(10.4, 0.0))
+    assert after.cycles(10.5, 0.0) - after.cycles(10.4, 0.0) == pytest.approx(0.3)  # then at the new rate
+    synced = Lfo(rate=4.0)
+    assert synced.cycles(99.0, 6.0) == 1.5  # synced: the beat grid, wherever the anchor is

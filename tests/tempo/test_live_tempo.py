@@ -135,6 +135,7 @@ def test_every_shape_is_exact_on_the_pipeline_at_known_times(rig, shape):
     # free-running at 0.5 Hz, depth 0.4 of the guidance control range (0..5), phase 0.1
     fields = {"shape": shape, "sync": False, "rate": 0.5, "depth_norm": 0.4, "phase": 0.1}
     rig.ctl.submit([SetParams({"guidance": 2.5, **{f"lfo/guidance/{k}": v for k, v in fields.items()}})])
+    rig.ctl.tick()  # at t = 0: the free-running wave starts there
     for _ in range(75):
         rig.step()
         x = rig.now * 0.5 + 0.1  # seconds since the controller started, at 0.5 Hz, plus the phase
@@ -309,3 +310,14 @@ def test_a_failing_lfo_is_removed_with_one_report(rig, monkeypatch):
     assert len(rig.errors) == 1 and rig.errors[0][0] == "/sd/lfo/delta"
     assert "delta refused" in rig.errors[0][1]
     assert rig.ctl.lfos == {} and rig.ctl.modulated == {} and rig.ctl.values["delta"] == 0.9
+
+
+def test_a_free_running_rate_change_continues_the_wave(rig):
+    rig.ctl.submit([SetParams({"guidance": 2.0, "lfo/guidance/sync": False, "lfo/guidance/rate": 1.0,
+                               "lfo/guidance/depth": 1.0, "lfo/guidance/shape": "saw"})])
+    rig.run(3.3)  # many cycles in: a rate change re-computed from t = 0 would land anywhere
+    before = rig.pipe.guidance_scale
+    rig.ctl.submit([SetParams({"lfo/guidance/rate": 1.1})])
+    rig.step()
+    assert abs(rig.pipe.guidance_scale - before) < 2 * 1.1 * 2 / 30  # one frame's worth of slope, no jump
+    rig.check()
