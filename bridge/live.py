@@ -174,7 +174,7 @@ class LiveController:
         stamped here, on receipt, so the frame rate adds no jitter to tap tempo."""
         if any(type(c) is TempoTap and c.at is None for c in batch):
             at = self._clock()
-            batch = [TempoTap(at) if type(c) is TempoTap and c.at is None else c for c in batch]
+            batch = [TempoTap(at, c.downbeat) if type(c) is TempoTap and c.at is None else c for c in batch]
         return self.inbox.put(batch)
 
     def notify_presets_changed(self, changed: dict[str, Preset], removed: list[str], errors: dict[str, str]) -> None:
@@ -247,7 +247,11 @@ class LiveController:
             if name is not None:
                 self._recall(name, now)
         elif isinstance(cmd, TempoTap):
-            self._tap(cmd.at if cmd.at is not None else now)
+            at = cmd.at if cmd.at is not None else now
+            if cmd.downbeat:
+                self._downbeat(at)
+            else:
+                self._tap(at)
         elif isinstance(cmd, SavePreset):
             self._save(cmd.name, cmd.overwrite)
         elif isinstance(cmd, DumpState):
@@ -605,6 +609,17 @@ class LiveController:
         if self.values["bpm"] != bpm:
             self.values["bpm"] = bpm
             self._feedback({"bpm": bpm})
+
+    def _downbeat(self, at: float) -> None:
+        """``/sd/tempo/downbeat``: the bar starts here. The internal clock moves to the nearest bar
+        line (at most half a bar, so the bar count stays); a Link session's phase is not ours."""
+        if self.tempo.kind != "internal":
+            self._error("/sd/tempo/downbeat", "with Ableton Link the bar phase is the session's: set the "
+                        "downbeat in the app that leads the session")
+            return
+        bpb = self.tempo.beats_per_bar
+        beat = self.tempo.beat_at(at)
+        self.tempo.align(at, round(beat / bpb) * bpb)
 
     def _beat_report(self, now: float) -> None:
         """``/sd/status/beat`` (beat number, position in the bar in beats) once per beat."""

@@ -66,7 +66,7 @@ def _address_of(cmd: Command) -> str:
     if isinstance(cmd, DumpState):
         return "/sd/state"
     if isinstance(cmd, TempoTap):
-        return "/sd/tempo/tap"
+        return "/sd/tempo/downbeat" if cmd.downbeat else "/sd/tempo/tap"
     return "/sd"
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from bridge.control.feedback import STATUS_PREFIX
 from bridge.control.surface import (
+    ADDR_DOWNBEAT,
     ADDR_PRESET,
     ADDR_PRESET_NEXT,
     ADDR_PRESET_PREV,
@@ -58,6 +59,7 @@ _TRIGGERS = {
     ADDR_PRESET_PREV: "recall the previous preset (a trigger)",
     ADDR_STATE: "send every parameter's current value to the feedback targets (a trigger)",
     ADDR_TAP: "tap tempo: the tempo follows the average of the recent taps (a trigger)",
+    ADDR_DOWNBEAT: "this is the first beat of a bar: moves the internal clock's bar line here (a trigger)",
 }
 _LFO_TYPES = {"shape": "s", "rate": "f", "sync": "T", "depth": "f", "depth_norm": "f", "phase": "f", "enabled": "T"}
 _LFO_DOCS = {

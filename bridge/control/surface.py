@@ -55,6 +55,7 @@ ADDR_PRESET_PREV = "/sd/preset/prev"
 ADDR_PRESET_SAVE = "/sd/preset/save"
 ADDR_STATE = "/sd/state"
 ADDR_TAP = "/sd/tempo/tap"
+ADDR_DOWNBEAT = "/sd/tempo/downbeat"
 LFO_PREFIX = "/sd/lfo/"
 #: per-call quantisation of a recall (``/sd/preset NAME bar``); ``now``/``off``: at once
 RECALL_QUANTIZE = ("now", "off", "beat", "bar")
@@ -118,10 +119,11 @@ class DumpState:
 
 @dataclass(frozen=True)
 class TempoTap:
-    """One tap of tap tempo. ``at``: when it arrived (stamped on receipt by the live controller, so
-    the frame rate does not add jitter to the taps)."""
+    """One tap of tap tempo, or with ``downbeat`` the first beat of a bar. ``at``: when it arrived
+    (stamped on receipt by the live controller, so the frame rate does not add jitter)."""
 
     at: float | None = None
+    downbeat: bool = False
 
 
 Command = SetParams | RecallPreset | StepPreset | SavePreset | DumpState | TempoTap
@@ -229,6 +231,7 @@ class ControlSurface:
         self._handlers[ADDR_PRESET_PREV] = self._trigger(lambda: StepPreset(-1))
         self._handlers[ADDR_STATE] = self._trigger(DumpState)
         self._handlers[ADDR_TAP] = self._trigger(TempoTap)
+        self._handlers[ADDR_DOWNBEAT] = self._trigger(lambda: TempoTap(downbeat=True))
         for param in LFO_TARGETS:
             for lfo_field in LFO_FIELDS:
                 self._handlers[f"{LFO_PREFIX}{param}/{lfo_field}"] = self._lfo_handler(param, lfo_field)

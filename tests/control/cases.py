@@ -123,6 +123,8 @@ HAPPY += [
     ("/sd/preset", [("s", "ambient_01"), ("s", "now")], [RecallPreset("ambient_01", "off")]),
     ("/sd/tempo/tap", [], [TempoTap()]),
     ("/sd/tempo/tap", [("f", 1.0)], [TempoTap()]),
+    ("/sd/tempo/downbeat", [], [TempoTap(downbeat=True)]),
+    ("/sd/tempo/downbeat", [("T", True)], [TempoTap(downbeat=True)]),
 ]
 for param in LFO_TARGETS:
     p = f"/sd/lfo/{param}/"
@@ -161,6 +163,7 @@ BAD += [
     ("/sd/preset", [("s", "a"), ("s", "bars")], "second argument: expected one of now"),
     ("/sd/preset", [("s", "a"), ("s", "bar"), ("s", "bar")], "got 3 arguments"),
     ("/sd/tempo/tap", [("s", "x")], "trigger value"),
+    ("/sd/tempo/downbeat", [("f", -1.0)], "trigger value"),
     ("/sd/preset/save", [("i", 3)], "expected a preset name, got int32"),
     ("/sd/preset/save", [("s", "bad name!")], "preset names are"),
     ("/sd/preset/save", [], "expected 1 argument"),

@@ -321,3 +321,27 @@ def test_a_free_running_rate_change_continues_the_wave(rig):
     rig.step()
     assert abs(rig.pipe.guidance_scale - before) < 2 * 1.1 * 2 / 30  # one frame's worth of slope, no jump
     rig.check()
+
+
+def test_downbeat_moves_the_bar_line_to_the_press(rig):
+    rig.run_until(1.25)  # about beat 2.5: the third beat of the first bar, says the clock
+    press = rig.now
+    rig.ctl.submit([TempoTap(downbeat=True)])  # ...but the music's bar starts now
+    rig.ctl.tick()
+    assert rig.ctl.tempo.beat_at(press) == pytest.approx(4.0)  # the nearest bar line, moved here
+    rig.ctl.submit([RecallPreset("cut", "bar")])
+    landed = first_tick_where(rig, lambda: rig.pipe.guidance_scale == 3.0)
+    assert press + 2.0 - 1e-9 <= landed < press + 2.0 + FRAME  # the next bar: 4 beats after the press
+    rig.check()
+
+
+def test_downbeat_is_refused_with_link(tmp_path):
+    r = Rig(tmp_path, tempo=SessionClock(120.0, 4, clock=lambda: 0.0))
+    try:
+        r.run(0.5)
+        r.ctl.submit([TempoTap(downbeat=True)])
+        r.step()
+        assert r.errors == [("/sd/tempo/downbeat", r.errors[0][1])] and "session" in r.errors[0][1]
+        assert r.ctl.tempo.beat_at(r.now) == pytest.approx(r.now * 2.0)
+    finally:
+        r.close()
