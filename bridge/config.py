@@ -162,6 +162,24 @@ class PresetsConfig(_Strict):
     cache_size: int = Field(64, ge=4, le=4096, description="ad-hoc prompt embedding LRU size")
     max_count: int = Field(500, ge=1, le=100_000, description="most presets the folder may hold: "
                            "/sd/preset/save refuses a new one beyond it")
+    quantize: Literal["off", "beat", "bar"] = Field(
+        "off", description="when a recall starts: off (at once), beat or bar (on the next beat / bar "
+        "boundary of the tempo clock); /sd/preset NAME now|beat|bar overrides it per recall")
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False: that is what the user wrote
+        return "off" if v is False else v
+
+
+class TempoConfig(_Strict):
+    bpm: float = Field(120.0, ge=20.0, le=999.0, description="start tempo in beats per minute "
+                       "(/sd/tempo/bpm, /sd/tempo/tap change it live)")
+    beats_per_bar: int = Field(4, ge=1, le=64, description="beats in a bar (4 for 4/4); with Link, the quantum "
+                               "the bar phase is shared over")
+    link: bool = Field(False, description="use Ableton Link as the clock: follow the session's tempo and phase, "
+                       "push our tempo changes to it (needs pip install \"streambridge[link]\")")
 
 
 class ParamsConfig(_Strict):
@@ -179,6 +197,8 @@ class ParamsConfig(_Strict):
     seed_b: int = Field(PARAMS["seed_b"].default, ge=0, le=2**31 - 1)
     seed_mix: float = Field(0.0, ge=0, le=1)
     transition: float = Field(0.0, ge=0, le=120)
+    transition_beats: float = Field(0.0, ge=0, le=PARAMS["transition_beats"].hi,
+                                    description="default morph length in beats (0: use transition seconds)")
     bypass: bool = False
     mix: float = Field(1.0, ge=0, le=1)
     filter_threshold: float = Field(1.0, ge=0, le=1)
@@ -195,6 +215,7 @@ class DaemonConfig(_Strict):
     status: StatusConfig = Field(default_factory=StatusConfig)
     presets: PresetsConfig = Field(default_factory=PresetsConfig)
     params: ParamsConfig = Field(default_factory=ParamsConfig)
+    tempo: TempoConfig = Field(default_factory=TempoConfig)
 
     @field_validator("sinks", mode="before")
     @classmethod

@@ -87,6 +87,7 @@ class Daemon:
         self.oscquery = None
         self.advertiser = None
         self.render: RenderLoop | None = None
+        self.tempo: Any = None  # the beat clock (bridge.tempo): internal, or Ableton Link
         self._bypass = bool(cfg.params.bypass)  # set on OSC receipt, not on the render thread
         self._last_source_state = "connecting"  # for the clean-stream reset after a gap
         self._status_extra: dict[str, Any] = {"preset": ""}
@@ -194,11 +195,20 @@ class Daemon:
             from stream_core.schedule import t_index_list_to_strength
 
             params["strength"] = round(t_index_list_to_strength(self.engine.pipeline.t_index_list), 4)
+        from bridge.tempo import LinkUnavailable, make_clock
+
+        tempo_cfg = self.cfg.tempo
+        try:
+            self.tempo = make_clock(tempo_cfg.bpm, tempo_cfg.beats_per_bar, tempo_cfg.link)
+        except LinkUnavailable as exc:
+            raise StartupError(str(exc)) from None
+        params["bpm"] = tempo_cfg.bpm
         self.controller = LiveController(
             engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
             status=self._set_status, max_presets=self.cfg.presets.max_count,
+            tempo=self.tempo, quantize=self.cfg.presets.quantize, control_ranges=self.cfg.osc.ranges,
         )
         v = self.controller.values
         warm = self.controller.prewarm([v["prompt"], v["negative_prompt"]])
@@ -503,6 +513,8 @@ class Daemon:
             out["acceleration"] = self.engine.acceleration_info
         if self.controller is not None:
             out["params"] = self.controller.snapshot()
+            out["modulated"] = dict(self.controller.modulated)  # LFO values (the faders are in params)
+            out["tempo"] = self.controller.tempo_status()
         return out
 
     # ------------------------------------------------------------------ stop
@@ -549,6 +561,8 @@ class Daemon:
             self.cache.stop()
         if self.controller is not None:
             self.controller.close()
+        if self.tempo is not None:
+            self.tempo.close()
         if self.feedback is not None:
             self.feedback.close()
         log.info("stopped: %d frames rendered, %d render errors", self.frames_rendered, self.render_errors)

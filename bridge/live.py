@@ -14,9 +14,10 @@ applies at most ``max_per_tick`` of them, so no flood of messages can hold up a 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +29,23 @@ from bridge.control.surface import (
     SavePreset,
     SetParams,
     StepPreset,
+    TempoTap,
+    lfo_key,
+    parse_lfo_key,
 )
+from bridge.lfo import Lfo, seed_for
 from bridge.params import PARAMS, default_values
-from bridge.presets import DEFAULT_MAX_PRESETS, ColdSettings, Preset, PresetSaver, PresetStore
+from bridge.presets import (
+    DEFAULT_MAX_PRESETS,
+    ColdSettings,
+    LfoSettings,
+    Preset,
+    PresetSaver,
+    PresetStore,
+)
 from bridge.prompt_cache import PromptCache
 from bridge.runtime.throttle import LogThrottle
+from bridge.tempo import InternalClock, TapTempo, TempoClock, bar_phase, next_boundary
 from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
 
 log = logging.getLogger("streambridge.live")
@@ -41,6 +54,19 @@ PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
 MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
 NOISE_KEYS = ("seed", "seed_b", "seed_mix")  # together they make the stream's noise
 FAILURE_LOG_INTERVAL_S = 5.0
+BEAT_EPS = 1e-9  # beats: a tick this close before a boundary is on it (float rounding of the clock)
+BPM_FOLLOW_STEP = 0.005  # an external (Link) tempo change smaller than this is not echoed
+
+
+@dataclass
+class _Scheduled:
+    """A quantised recall waiting for its beat: starts at the first tick at or after ``beat``."""
+
+    beat: float
+    name: str
+    preset: Preset
+    origin: str
+    mode: str
 
 
 @dataclass
@@ -86,6 +112,9 @@ class LiveController:
         max_queued: int = DEFAULT_MAX_ENTRIES,
         max_per_tick: int = DEFAULT_MAX_PER_TICK,
         max_presets: int = DEFAULT_MAX_PRESETS,
+        tempo: TempoClock | None = None,
+        quantize: str = "off",
+        control_ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
@@ -114,6 +143,24 @@ class LiveController:
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S, clock)  # control failures: one line per few s
         # noise follows seed/seed_b/seed_mix once per tick (a fader may send several per frame)
         self._noise_dirty = self.values["seed_mix"] > 0
+        # tempo: the beat clock (internal unless the daemon hands in Link), tap tempo, quantised
+        # recalls, LFOs. LFO values live in `modulated`, never in `values` (the faders)
+        self.tempo: TempoClock = tempo if tempo is not None else InternalClock(
+            float(self.values["bpm"]), clock=clock)
+        self.values["bpm"] = round(float(self.tempo.bpm), 2)
+        if quantize not in ("off", "beat", "bar"):
+            raise ValueError(f"quantize should be off, beat or bar, got {quantize!r}")
+        self.quantize = quantize
+        self.control_ranges = dict(control_ranges or {})
+        self._taps = TapTempo()
+        self._scheduled: _Scheduled | None = None
+        self.lfos: dict[str, Lfo] = {}
+        self.modulated: dict[str, float] = {}  # parameter -> the value the pipeline gets now (LFOs)
+        self.effective: dict[str, Any] = self.values  # values with `modulated` on top (render loop: mix)
+        self._morph_now: dict[str, float] = {}  # the running morph's current float values
+        self._t_origin = clock()  # free-running (Hz) LFOs count seconds from here
+        self._now = self._t_origin
+        self._last_beat: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the live values, safe to take from another thread (the copy is one C call
@@ -123,7 +170,11 @@ class LiveController:
     # ------------------------------------------------------------------ thread-safe submission
     def submit(self, batch: list[Command]) -> Refusal | None:
         """Queue one validated batch (applied whole, on the next tick that reaches it). Never
-        blocks; a refused batch (command queue full) changes nothing and is reported."""
+        blocks; a refused batch (command queue full) changes nothing and is reported. A tap is
+        stamped here, on receipt, so the frame rate adds no jitter to tap tempo."""
+        if any(type(c) is TempoTap and c.at is None for c in batch):
+            at = self._clock()
+            batch = [TempoTap(at, c.downbeat) if type(c) is TempoTap and c.at is None else c for c in batch]
         return self.inbox.put(batch)
 
     def notify_presets_changed(self, changed: dict[str, Preset], removed: list[str], errors: dict[str, str]) -> None:
@@ -136,6 +187,7 @@ class LiveController:
     def tick(self, now: float | None = None) -> None:
         """Apply everything queued, advance the morph. Call once per frame on the render thread."""
         now = self._clock() if now is None else now
+        self._now = now
         while True:
             try:
                 kind, payload = self._events.get_nowait()
@@ -149,9 +201,12 @@ class LiveController:
             except Exception as exc:  # a bug must not kill the render loop; report it
                 log.exception("control event failed")
                 self._error("/sd", f"internal error: {exc}")
+        self._follow_tempo()
         commands = self.inbox.drain()  # capped: <= max_per_tick commands + one entry per parameter
         if commands:
             self._apply_batch(commands, now)
+        if self._scheduled is not None:
+            self._fire_scheduled(now)
         if self._pending_recall is not None:
             name, preset, origin = self._pending_recall
             if all(self.cache.get(t) is not None for t in self._texts_for(preset)):
@@ -159,10 +214,13 @@ class LiveController:
                 self._start_recall(name, preset, now, origin)
         if self._morph is not None:
             self._advance_morph(now)
+        if self.lfos or self.modulated:
+            self._apply_lfos(now)
         if self._conditioning_dirty and (self._morph is None or not self._morph.conditioning):
             self._update_conditioning()
         if self._noise_dirty and (self._morph is None or not self._morph.noise):
             self._update_noise()
+        self._beat_report(now)
 
     # ------------------------------------------------------------------ commands
     def _apply_batch(self, batch: list[Command], now: float) -> None:
@@ -178,23 +236,37 @@ class LiveController:
         if isinstance(cmd, SetParams):
             self._set_params(cmd.values)
         elif isinstance(cmd, RecallPreset):
-            self._recall(cmd.ref, now)
+            self._recall(cmd.ref, now, quantize=cmd.quantize)
         elif isinstance(cmd, StepPreset):
             if self.presets is None or not self.presets.names():
                 self._error("/sd/preset/next" if cmd.delta > 0 else "/sd/preset/prev", "no presets loaded")
                 return
-            name = self.presets.step(self.current_preset, cmd.delta)
+            # a recall still waiting for its beat counts as the current one: next, next = two steps
+            base = self._scheduled.name if self._scheduled is not None else self.current_preset
+            name = self.presets.step(base, cmd.delta)
             if name is not None:
                 self._recall(name, now)
+        elif isinstance(cmd, TempoTap):
+            at = cmd.at if cmd.at is not None else now
+            if cmd.downbeat:
+                self._downbeat(at)
+            else:
+                self._tap(at)
         elif isinstance(cmd, SavePreset):
             self._save(cmd.name, cmd.overwrite)
         elif isinstance(cmd, DumpState):
             self._feedback(dict(self.values))
+            self._feedback({lfo_key(p, k): v for p, lfo in self.lfos.items() for k, v in lfo.fields().items()})
             self._status("preset", self.current_preset or "")
 
     def _set_params(self, values: dict[str, Any]) -> None:
         changed: dict[str, Any] = {}
         for name, value in values.items():
+            lfo = parse_lfo_key(name)
+            if lfo is not None:
+                if self._set_lfo_field(*lfo, value):
+                    changed[name] = value
+                continue
             if self._morph is not None:
                 self._morph_drop(name)
             if self.values.get(name) == value:
@@ -219,7 +291,9 @@ class LiveController:
                 self.pipeline.set_filter(value)
             elif name == "smoothing":
                 self.pipeline.set_smoothing(value)
-            # bypass, mix, transition are read by the render loop / recalls
+            elif name == "bpm":
+                self.tempo.set_bpm(value, self._now)
+            # bypass, mix, transition(_beats) are read by the render loop / recalls
         if changed:
             self._feedback(changed)
 
@@ -234,7 +308,7 @@ class LiveController:
         p = self.presets.get(ref)
         return (ref, p) if p is not None else None
 
-    def _recall(self, ref: str | int, now: float, origin: str = "/sd/preset") -> None:
+    def _recall(self, ref: str | int, now: float, origin: str = "/sd/preset", quantize: str | None = None) -> None:
         found = self._resolve(ref)
         if found is None:
             count = len(self.presets.names()) if self.presets else 0
@@ -245,6 +319,33 @@ class LiveController:
         if conflicts:
             self._error(origin, f"preset {name!r} needs a rebuild, refused mid-show: " + "; ".join(conflicts))
             return
+        mode = self.quantize if quantize is None else quantize
+        self._scheduled = None  # the latest recall wins, whether it waits for a beat or not
+        if mode in ("beat", "bar"):
+            unit = 1.0 if mode == "beat" else float(self.tempo.beats_per_bar)
+            beat = self.tempo.beat_at(now)
+            at = next_boundary(beat, unit)
+            if at > beat:
+                for t in self._texts_for(preset):  # encode meanwhile if needed (normally pre-warmed)
+                    self.cache.request(t, self._embedding_ready)
+                self._scheduled = _Scheduled(at, name, preset, origin, mode)
+                log.info("preset %s: recall on the next %s (beat %g, now %.3f)", name, mode, at, beat)
+                return
+        self._recall_now(name, preset, now, origin)
+
+    def _fire_scheduled(self, now: float) -> None:
+        """Start the waiting quantised recall at the first tick at or after its boundary; a morph
+        counts from the boundary itself, so it stays on the grid whatever the frame rate."""
+        s = self._scheduled
+        assert s is not None
+        beat = self.tempo.beat_at(now)
+        if beat < s.beat - BEAT_EPS:
+            return
+        self._scheduled = None
+        late = (beat - s.beat) * 60.0 / self.tempo.bpm
+        self._recall_now(s.name, s.preset, now - late, s.origin)
+
+    def _recall_now(self, name: str, preset: Preset, now: float, origin: str) -> None:
         missing = [t for t in self._texts_for(preset) if self.cache.request(t, self._embedding_ready) is None]
         if missing:
             # pre-warm normally makes this impossible; wait for the encoder without stalling
@@ -263,7 +364,9 @@ class LiveController:
         hot = preset.hot_values()
         target = dict(self.values)
         target.update(hot)
-        duration = float(hot.get("transition", self.values["transition"]))
+        duration = self._transition_seconds(hot)
+        if preset.lfos is not None:
+            self._replace_lfos({p: s.to_lfo(p) for p, s in preset.lfos.items()})
         if duration <= 0:
             self.current_preset = name
             self._status("preset", name)
@@ -297,8 +400,20 @@ class LiveController:
         )
         log.info("preset %s: morphing over %.2f s", name, duration)
 
+    def _transition_seconds(self, hot: dict[str, Any]) -> float:
+        """The morph length of a recall: the preset's own transition_beats (> 0) or transition,
+        else the live transition_beats (> 0) or transition. Beats count at the current tempo."""
+        for source in (hot, self.values):
+            beats = source.get("transition_beats")
+            if beats:
+                return float(beats) * 60.0 / self.tempo.bpm
+            if source.get("transition") is not None and source is hot:
+                return float(source["transition"])
+        return float(self.values["transition"])
+
     def _end_morph(self) -> None:
         self._morph = None
+        self._morph_now = {}
         self.pipeline.end_morph()
 
     def _control_failed(self, address: str, reason: str, exc: BaseException, end_morph: bool = True) -> None:
@@ -347,8 +462,10 @@ class LiveController:
         assert m is not None
         try:
             u = min(1.0, max(0.0, (now - m.t0) / m.duration))
+            self._morph_now = {}
             for k in m.target:
                 v = m.start[k] + (m.target[k] - m.start[k]) * u
+                self._morph_now[k] = v
                 self._apply_float(k, v)
             self.pipeline.advance_morph(u)
             if u >= 1.0:
@@ -387,7 +504,8 @@ class LiveController:
         self._noise_dirty = False
         v = self.values
         try:
-            self.pipeline.set_seed_mix(int(v["seed"]), int(v["seed_b"]), float(v["seed_mix"]))
+            mix = self.modulated.get("seed_mix", v["seed_mix"])
+            self.pipeline.set_seed_mix(int(v["seed"]), int(v["seed_b"]), float(mix))
         except Exception as exc:
             self._control_failed("/sd/seed", f"cannot set the noise: {exc}", exc, end_morph=False)
 
@@ -408,7 +526,10 @@ class LiveController:
     def _update_conditioning(self) -> None:
         """Apply the embeddings for the current texts if they are all encoded; else keep the old
         ones (the encoder thread will wake us when it is done)."""
-        handles = self._conditioning_for(self.values)
+        values = self.values
+        if "prompt_mix" in self.modulated:
+            values = {**values, "prompt_mix": self.modulated["prompt_mix"]}
+        handles = self._conditioning_for(values)
         if handles is None:
             return
         needs_neg = self.pipeline.cfg_type in ("full", "initialize")
@@ -458,6 +579,8 @@ class LiveController:
             self._error("/sd/preset/save", "no preset folder configured")
             return
         hot = {k: v for k, v in (self.values if values is None else values).items() if k not in ("bypass",)}
+        if self.lfos:
+            hot["lfos"] = {p: LfoSettings.from_lfo(lfo) for p, lfo in self.lfos.items()}
         try:
             preset = Preset.model_validate({k: v for k, v in hot.items() if k in Preset.model_fields})
         except Exception as exc:
@@ -466,6 +589,123 @@ class LiveController:
             self._error("/sd/preset/save", reason)
             return
         self.saver.submit(name, preset, overwrite)
+
+    # ------------------------------------------------------------------ tempo
+    def _follow_tempo(self) -> None:
+        """An external clock (Link) changed the tempo: take it as the fader value and echo it."""
+        bpm = round(float(self.tempo.bpm), 2)
+        if abs(bpm - self.values["bpm"]) >= BPM_FOLLOW_STEP:
+            self.values["bpm"] = bpm
+            self._feedback({"bpm": bpm})
+
+    def _tap(self, at: float) -> None:
+        bpm = self._taps.tap(at)
+        if bpm is None:
+            return
+        bpm = round(bpm, 2)
+        beat = self.tempo.beat_at(at)
+        self.tempo.set_bpm(bpm, at)
+        self.tempo.align(at, round(beat))  # the tap is a beat (Link: tempo only, phase is the session's)
+        if self.values["bpm"] != bpm:
+            self.values["bpm"] = bpm
+            self._feedback({"bpm": bpm})
+
+    def _downbeat(self, at: float) -> None:
+        """``/sd/tempo/downbeat``: the bar starts here. The internal clock moves to the nearest bar
+        line (at most half a bar, so the bar count stays); a Link session's phase is not ours."""
+        if self.tempo.kind != "internal":
+            self._error("/sd/tempo/downbeat", "with Ableton Link the bar phase is the session's: set the "
+                        "downbeat in the app that leads the session")
+            return
+        bpb = self.tempo.beats_per_bar
+        beat = self.tempo.beat_at(at)
+        self.tempo.align(at, round(beat / bpb) * bpb)
+
+    def _beat_report(self, now: float) -> None:
+        """``/sd/status/beat`` (beat number, position in the bar in beats) once per beat."""
+        beat = self.tempo.beat_at(now)
+        n = math.floor(beat + BEAT_EPS)
+        last = self._last_beat
+        if last is None or n > last or n < last - 1:  # a clock moved back by a beat or more restarts
+            self._last_beat = n
+            if last is not None:
+                self._status("beat", (n, round(bar_phase(beat, self.tempo.beats_per_bar), 4)))
+
+    def tempo_status(self, now: float | None = None) -> dict[str, Any]:
+        """Tempo figures for the status page (safe from any thread)."""
+        now = self._clock() if now is None else now
+        beat = self.tempo.beat_at(now)
+        scheduled = self._scheduled
+        return {"bpm": round(float(self.tempo.bpm), 2), "beat": math.floor(beat),
+                "bar_phase": round(bar_phase(beat, self.tempo.beats_per_bar), 3),
+                "beats_per_bar": self.tempo.beats_per_bar, "clock": self.tempo.kind, "peers": self.tempo.peers(),
+                "quantize": self.quantize, "waiting_recall": scheduled.name if scheduled is not None else ""}
+
+    # ------------------------------------------------------------------ LFOs
+    def control_range(self, name: str) -> tuple[float, float]:
+        return self.control_ranges.get(name) or PARAMS[name].control_range
+
+    def _set_lfo_field(self, param: str, field: str, value: Any) -> bool:
+        old = self.lfos.get(param)
+        base = old or Lfo(seed=seed_for(param))
+        new = base.with_field(field, value)
+        if new == old:
+            return False
+        if not new.sync and field in ("rate", "sync"):  # free-running: no jump in the wave
+            new = new.continued_from(base, self._now - self._t_origin, self.tempo.beat_at(self._now))
+        self.lfos[param] = new
+        return True
+
+    def _replace_lfos(self, lfos: dict[str, Lfo]) -> None:
+        """A preset's ``lfos:``: these and no others; every change is echoed."""
+        changed: dict[str, Any] = {}
+        for p in self.lfos:
+            if p not in lfos:
+                changed[lfo_key(p, "enabled")] = False
+        for p, lfo in lfos.items():
+            if self.lfos.get(p) != lfo:
+                changed.update({lfo_key(p, k): v for k, v in lfo.fields().items()})
+        self.lfos = dict(lfos)
+        if changed:
+            self._feedback(changed)
+
+    def _apply_lfos(self, now: float) -> None:
+        """Fader (or morph) value + each active LFO, clamped to the hard range, into the pipeline.
+        ``values`` (what feedback echoes) is never touched; a parameter whose LFO stopped gets
+        its fader value back."""
+        mod: dict[str, float] = {}
+        if self.lfos:
+            beats = self.tempo.beat_at(now)
+            seconds = now - self._t_origin
+            for p, lfo in self.lfos.items():
+                if not lfo.active:
+                    continue
+                spec = PARAMS[p]
+                base = self._morph_now.get(p, float(self.values[p]))
+                v = base + lfo.offset(seconds, beats, self.control_range(p))
+                assert spec.lo is not None and spec.hi is not None
+                mod[p] = min(float(spec.hi), max(float(spec.lo), v))
+        previous, self.modulated = self.modulated, mod
+        for p in previous.keys() | mod.keys():
+            try:
+                self._push(p, mod[p] if p in mod else self._morph_now.get(p, float(self.values[p])))
+            except Exception as exc:  # one report, then the LFO is off (no failure per frame)
+                self.lfos.pop(p, None)
+                self.modulated = {k: v for k, v in self.modulated.items() if k != p}  # replaced, never
+                # changed in place: the status page copies it from another thread
+                self._control_failed(f"/sd/lfo/{p}", f"LFO on {p} failed and was removed: {exc}", exc, end_morph=False)
+        self.effective = {**self.values, **self.modulated} if self.modulated else self.values
+
+    def _push(self, name: str, v: float) -> None:
+        if name in ("strength", "guidance", "delta", "smoothing"):
+            self._apply_float(name, v)
+        elif name == "filter_threshold":
+            self.pipeline.set_filter(v)
+        elif name == "prompt_mix":
+            self._conditioning_dirty = True
+        elif name == "seed_mix":
+            self._noise_dirty = True
+        # mix: the render loop reads `effective`
 
     def close(self) -> None:
         """Stop: hand every save still waiting in the inbox to the saver, then write them all.

@@ -87,6 +87,11 @@ PARAMS: dict[str, ParamSpec] = {
             "transition", "/sd/transition", float, 0.0, 0.0, 120.0, doc="default morph seconds",
             control=(0.0, 10.0),
         ),
+        ParamSpec(
+            "transition_beats", "/sd/transition/beats", float, 0.0, 0.0, 256.0,
+            doc="default morph length in beats at the current tempo (0: use transition seconds)",
+            control=(0.0, 16.0),
+        ),
         ParamSpec("bypass", "/sd/bypass", bool, False, doc="pass the input through"),
         ParamSpec("mix", "/sd/mix", float, 1.0, 0.0, 1.0, doc="dry (0) / wet (1)"),
         ParamSpec(
@@ -97,6 +102,10 @@ PARAMS: dict[str, ParamSpec] = {
             "smoothing", "/sd/smoothing", float, 0.0, 0.0, 0.95,
             doc="temporal smoothing of output latents (0 off; more: less flicker, more ghosting)",
             control=(0.0, 0.9),
+        ),
+        ParamSpec(
+            "bpm", "/sd/tempo/bpm", float, 120.0, 20.0, 999.0,
+            doc="tempo in beats per minute (with Ableton Link: the session's)", control=(60.0, 180.0),
         ),
     ]
 }

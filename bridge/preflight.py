@@ -76,6 +76,9 @@ def _backends(cfg: DaemonConfig) -> Iterable[Problem]:
         problem = backend_problem(sink.type, "sink")
         if problem:
             yield Problem(("sinks", i, "type"), problem)
+    if cfg.tempo.link and not _module_present("aalink"):
+        yield Problem(("tempo", "link"), "Ableton Link needs the Python module 'aalink': install it with "
+                      + install_hint("link"))
 
 
 def backend_problems(cfg: DaemonConfig) -> list[str]:

@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bridge.lfo import LFO_TARGETS, MAX_DEPTH, MAX_RATE, MIN_RATE, SHAPES, Lfo
 from bridge.params import MAX_PROMPT_CHARS, PARAMS
 from bridge.yamlio import (
     MAX_YAML_BYTES,
@@ -57,6 +58,7 @@ HOT_FIELDS: tuple[str, ...] = (
     "smoothing",
     "mix",
     "transition",
+    "transition_beats",
 )
 #: Fields that need a pipeline rebuild; a preset naming a different value is refused on recall.
 COLD_FIELDS: tuple[str, ...] = ("model", "vae", "size", "steps", "frame_buffer", "cfg", "acceleration")
@@ -75,6 +77,9 @@ _WINDOWS_RESERVED = frozenset(
 )
 
 CfgType = Literal["none", "full", "self", "initialize"]
+LfoShape = Literal["sine", "triangle", "saw", "square", "random"]
+LfoTarget = Literal["prompt_mix", "strength", "guidance", "delta", "seed_mix", "mix", "filter_threshold", "smoothing"]
+assert get_args(LfoTarget) == LFO_TARGETS and get_args(LfoShape) == SHAPES
 AccelerationType = Literal["auto", "none", "compile", "tensorrt", "onnxruntime"]
 
 
@@ -134,6 +139,36 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class LfoSettings(BaseModel):
+    """One LFO in a preset's ``lfos:`` mapping (see :mod:`bridge.lfo`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shape: LfoShape = Field("sine", description="sine | triangle | saw | square | random (smooth random)")
+    rate: float = Field(4.0, ge=MIN_RATE, le=MAX_RATE, allow_inf_nan=False,
+                        description="cycle length in beats with sync (1: every beat, 4: every 4/4 bar), else Hz")
+    sync: bool = Field(True, strict=True, description="follow the tempo (rate in beats) or run free (rate in Hz)")
+    depth: float | None = Field(None, ge=0.0, le=MAX_DEPTH, allow_inf_nan=False,
+                                description="peak deviation in the parameter's own units")
+    depth_norm: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                     description="peak deviation as a fraction of the parameter's control range")
+    phase: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="phase offset in cycles, 0..1")
+    enabled: bool = Field(True, strict=True, description="on/off")
+
+    @model_validator(mode="after")
+    def _one_depth(self) -> LfoSettings:
+        if self.depth is not None and self.depth_norm is not None:
+            raise ValueError("give depth (parameter units) or depth_norm (fraction of the control range), not both")
+        return self
+
+    def to_lfo(self, param: str) -> Lfo:
+        return Lfo.from_fields(param, self.model_dump())
+
+    @classmethod
+    def from_lfo(cls, lfo: Lfo) -> LfoSettings:
+        return cls.model_validate(lfo.fields())
+
+
 class Preset(BaseModel):
     """One preset file. Every key is optional: recalling a preset changes only what it names."""
 
@@ -162,6 +197,12 @@ class Preset(BaseModel):
     smoothing: float | None = _hot("smoothing")
     mix: float | None = _hot("mix")
     transition: float | None = _hot("transition")
+    transition_beats: float | None = _hot("transition_beats")
+    lfos: dict[LfoTarget, LfoSettings] | None = Field(
+        default=None,
+        description="LFOs by parameter name (" + ", ".join(LFO_TARGETS) + "); a recall replaces every running "
+        "LFO with these ({} stops them all); a preset without lfos leaves them as they are",
+    )
 
     # cold: must match the running pipeline, else the recall is refused
     model: str | None = Field(
@@ -395,6 +436,8 @@ def dump_preset(preset: Preset) -> str:
     if preset.description is not None:
         data["description"] = preset.description
     data.update(preset.hot_values())
+    if preset.lfos is not None:
+        data["lfos"] = {k: v.model_dump(exclude_none=True) for k, v in preset.lfos.items()}
     data.update(preset.cold_values())
     body = yaml.dump(
         data, Dumper=_PresetDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100

@@ -146,7 +146,8 @@ class RenderLoop:
         try:
             rgb_in = np.stack([pk.rgb for pk in batch])
             meta = [(pk.t_capture, pk.seq) for pk in batch]
-            mix = float(self.controller.values["mix"])
+            # `effective`: the values with LFO modulation on top (the fader value without one)
+            mix = float(getattr(self.controller, "effective", self.controller.values)["mix"])
             # the dry/wet mix happens on the device, inside the engine
             if self.overlap:
                 pending = engine.process_async(rgb_in, mix=mix if mix < 1.0 else None)

@@ -122,7 +122,8 @@ def format_validation_error(
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
         # drop pydantic's union/tagged-union discriminator parts that are not YAML keys
-        yaml_loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        # (and the "[key]" marker of a bad mapping key: the key itself is the last part)
+        yaml_loc = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
         line = None
         probe = yaml_loc
         while probe and line is None:

@@ -15,5 +15,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
-.venv/bin/python -m pip install -q -e ".[ndi,onnx,dev]"
+.venv/bin/python -m pip install -q -e ".[ndi,onnx,link,dev]"
 echo "$want" > "$stamp"

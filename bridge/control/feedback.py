@@ -11,8 +11,9 @@ What is sent (see docs/osc.md):
 * ``send_params({"guidance": 3.0, ...})``: each value on its own address (``/sd/guidance f``);
   numbers also on ``/sd/norm/<param>`` as 0..1 over the control range, so faders mapped to the
   normalized addresses follow too. Booleans are sent as int 0/1 (what faders and toggles read).
-* ``send_status({"fps": 29.8, ...})`` on ``/sd/status/<key>``; ``maybe_send_status`` does so at
-  most ``status_hz`` times a second.
+* ``send_status({"fps": 29.8, ...})`` on ``/sd/status/<key>`` (a tuple value is sent as several
+  arguments); ``maybe_send_status`` does so at most ``status_hz`` times a second.
+* LFO settings (``lfo/<param>/<field>`` keys of ``send_params``) go out on ``/sd/lfo/<param>/<field>``.
 * ``send_error(address, reason)`` on ``/sd/error s s``, through a token bucket (``error_burst``
   at once, ``error_rate`` per second sustained). Suppressed replies are counted, and the next
   reply that goes out says how many were suppressed before it.
@@ -161,6 +162,9 @@ class FeedbackSender:
         """Echo changed parameters (name -> value) on their addresses."""
         for name, value in changed.items():
             spec = PARAMS.get(name)
+            if spec is None and name.startswith("lfo/"):  # an LFO field: /sd/lfo/<param>/<field>
+                self._send("/sd/" + name, _osc_value(value))
+                continue
             if spec is None:
                 self._skip(f"unknown parameter {name!r}")
                 continue
@@ -179,6 +183,9 @@ class FeedbackSender:
                 self._skip(f"bad status key {key!r}")
                 continue
             if value is None:
+                continue
+            if isinstance(value, tuple):  # several arguments, e.g. /sd/status/beat i f
+                self._send(STATUS_PREFIX + key, *(_osc_value(v) for v in value))
                 continue
             self._send(STATUS_PREFIX + key, _osc_value(value))
 

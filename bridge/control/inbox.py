@@ -37,6 +37,7 @@ from bridge.control.surface import (
     SavePreset,
     SetParams,
     StepPreset,
+    TempoTap,
 )
 
 log = logging.getLogger("bridge.control.inbox")
@@ -64,6 +65,8 @@ def _address_of(cmd: Command) -> str:
         return "/sd/preset/save"
     if isinstance(cmd, DumpState):
         return "/sd/state"
+    if isinstance(cmd, TempoTap):
+        return "/sd/tempo/downbeat" if cmd.downbeat else "/sd/tempo/tap"
     return "/sd"
 
 

@@ -30,14 +30,18 @@ from typing import Any
 
 from bridge.control.feedback import STATUS_PREFIX
 from bridge.control.surface import (
+    ADDR_DOWNBEAT,
     ADDR_PRESET,
     ADDR_PRESET_NEXT,
     ADDR_PRESET_PREV,
     ADDR_PRESET_SAVE,
     ADDR_STATE,
+    ADDR_TAP,
+    LFO_PREFIX,
     ControlSurface,
 )
 from bridge.httpserver import LocalHttpServer, Response
+from bridge.lfo import MAX_DEPTH, MAX_RATE, MIN_RATE, SHAPES
 from bridge.params import BY_ADDRESS, NORMALIZABLE, normalize
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,20 @@ _TRIGGERS = {
     ADDR_PRESET_NEXT: "recall the next preset (a trigger; 0/False is a button release and does nothing)",
     ADDR_PRESET_PREV: "recall the previous preset (a trigger)",
     ADDR_STATE: "send every parameter's current value to the feedback targets (a trigger)",
+    ADDR_TAP: "tap tempo: the tempo follows the average of the recent taps (a trigger)",
+    ADDR_DOWNBEAT: "this is the first beat of a bar: moves the internal clock's bar line here (a trigger)",
 }
+_LFO_TYPES = {"shape": "s", "rate": "f", "sync": "T", "depth": "f", "depth_norm": "f", "phase": "f", "enabled": "T"}
+_LFO_DOCS = {
+    "shape": "LFO wave: " + ", ".join(SHAPES),
+    "rate": "LFO rate: cycle length in beats when sync is on, else Hz",
+    "sync": "LFO follows the tempo (rate in beats) or runs free (rate in Hz)",
+    "depth": "LFO depth: the peak deviation, in the parameter's units",
+    "depth_norm": "LFO depth as a fraction of the parameter's control range",
+    "phase": "LFO phase offset, in cycles",
+    "enabled": "LFO on/off",
+}
+_LFO_RANGES = {"rate": (MIN_RATE, MAX_RATE), "depth": (0.0, MAX_DEPTH), "depth_norm": (0.0, 1.0), "phase": (0.0, 1.0)}
 
 
 def _leaf(surface: ControlSurface, address: str, values: Mapping[str, Any], presets: Sequence[str]) -> dict[str, Any]:
@@ -83,6 +100,18 @@ def _leaf(surface: ControlSurface, address: str, values: Mapping[str, Any], pres
                                "an existing one is replaced only with a second argument 1"}
     if address in _TRIGGERS:
         return {"TYPE": "I", "ACCESS": ACCESS_WRITE, "DESCRIPTION": _TRIGGERS[address]}
+    if address.startswith(LFO_PREFIX):
+        param, _, lfo_field = address[len(LFO_PREFIX):].partition("/")
+        node = {"TYPE": _LFO_TYPES[lfo_field], "ACCESS": ACCESS_WRITE,
+                "DESCRIPTION": f"{_LFO_DOCS[lfo_field]} (on {param})"}
+        if lfo_field == "shape":
+            node["RANGE"] = [{"VALS": list(SHAPES)}]
+        elif lfo_field in ("sync", "enabled"):
+            node["RANGE"] = [{"VALS": [False, True]}]
+        elif lfo_field in _LFO_RANGES:
+            lo, hi = _LFO_RANGES[lfo_field]
+            node["RANGE"] = [{"MIN": lo, "MAX": hi}]
+        return node
     raise KeyError(address)
 
 

@@ -39,6 +39,8 @@ from bridge.control.codec import (
     decode_packet,
     iter_messages,
 )
+from bridge.lfo import FIELDS as LFO_FIELDS
+from bridge.lfo import LFO_TARGETS, check_field
 from bridge.params import NORMALIZABLE, PARAMS, ParamSpec, denormalize
 
 _I32 = struct.Struct(">i")
@@ -52,6 +54,25 @@ ADDR_PRESET_NEXT = "/sd/preset/next"
 ADDR_PRESET_PREV = "/sd/preset/prev"
 ADDR_PRESET_SAVE = "/sd/preset/save"
 ADDR_STATE = "/sd/state"
+ADDR_TAP = "/sd/tempo/tap"
+ADDR_DOWNBEAT = "/sd/tempo/downbeat"
+LFO_PREFIX = "/sd/lfo/"
+#: per-call quantisation of a recall (``/sd/preset NAME bar``); ``now``/``off``: at once
+RECALL_QUANTIZE = ("now", "off", "beat", "bar")
+
+
+def lfo_key(param: str, field: str) -> str:
+    """The :class:`SetParams` key of an LFO field (``lfo/guidance/depth``): LFO settings coalesce
+    like fader values (latest wins), so a knob on an LFO's depth cannot fill the command queue."""
+    return f"lfo/{param}/{field}"
+
+
+def parse_lfo_key(key: str) -> tuple[str, str] | None:
+    """``lfo/<param>/<field>`` -> (param, field); None for a plain parameter name."""
+    if not key.startswith("lfo/"):
+        return None
+    _, param, field = key.split("/", 2)
+    return param, field
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,9 +88,12 @@ class SetParams:
 
 @dataclass(frozen=True)
 class RecallPreset:
-    """Recall a preset by name (``str``) or by index into the sorted preset list (``int`` >= 0)."""
+    """Recall a preset by name (``str``) or by index into the sorted preset list (``int`` >= 0).
+    ``quantize``: ``beat``/``bar`` start it on the next beat/bar, ``now`` at once, None: the
+    configured default (``presets.quantize``)."""
 
     ref: str | int
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,16 @@ class DumpState:
     """Send every parameter's current value to the feedback targets."""
 
 
-Command = SetParams | RecallPreset | StepPreset | SavePreset | DumpState
+@dataclass(frozen=True)
+class TempoTap:
+    """One tap of tap tempo, or with ``downbeat`` the first beat of a bar. ``at``: when it arrived
+    (stamped on receipt by the live controller, so the frame rate does not add jitter)."""
+
+    at: float | None = None
+    downbeat: bool = False
+
+
+Command = SetParams | RecallPreset | StepPreset | SavePreset | DumpState | TempoTap
 Batch = list[Command]
 
 
@@ -197,6 +230,11 @@ class ControlSurface:
         self._handlers[ADDR_PRESET_NEXT] = self._trigger(lambda: StepPreset(1))
         self._handlers[ADDR_PRESET_PREV] = self._trigger(lambda: StepPreset(-1))
         self._handlers[ADDR_STATE] = self._trigger(DumpState)
+        self._handlers[ADDR_TAP] = self._trigger(TempoTap)
+        self._handlers[ADDR_DOWNBEAT] = self._trigger(lambda: TempoTap(downbeat=True))
+        for param in LFO_TARGETS:
+            for lfo_field in LFO_FIELDS:
+                self._handlers[f"{LFO_PREFIX}{param}/{lfo_field}"] = self._lfo_handler(param, lfo_field)
         self._lower = {a.lower(): a for a in self._handlers}
         # the fast path: what every fader sends, one message with one f or i argument
         self._fast: dict[bytes, ParamSpec] = {
@@ -341,12 +379,34 @@ class ControlSurface:
             raise _Invalid(str(exc)) from None
 
     @staticmethod
+    def _lfo_handler(param: str, lfo_field: str) -> Callable[[OscMessage], Command | None]:
+        def handle(msg: OscMessage) -> Command:
+            value, tag = _one_arg(msg, f"the LFO's {lfo_field}")
+            if tag in "bNI":
+                raise _Invalid(f"expected a value for {lfo_field}, got {_TAG_NAMES[tag]}")
+            try:
+                return SetParams({lfo_key(param, lfo_field): check_field(lfo_field, value)})
+            except ValueError as exc:
+                raise _Invalid(str(exc)) from None
+
+        return handle
+
+    @staticmethod
     def _recall(msg: OscMessage) -> Command:
+        quantize: str | None = None
+        if len(msg.args) > 2:
+            raise _Invalid(f"expected a preset name or index, and optionally now/beat/bar; got {len(msg.args)} arguments")
+        if len(msg.args) == 2:
+            mode = msg.args[1]
+            if not isinstance(mode, str) or mode not in RECALL_QUANTIZE:
+                raise _Invalid(f"second argument: expected one of {', '.join(RECALL_QUANTIZE)}, got {mode!r}")
+            quantize = "off" if mode == "now" else mode
+            msg = OscMessage(msg.address, msg.typetags[:1], msg.args[:1])
         ref, tag = _one_arg(msg, "a preset name or index")
         if isinstance(ref, str):
             if not PRESET_NAME_RE.fullmatch(ref):
                 raise _Invalid("preset names are 1-64 characters A-Z a-z 0-9 _ -")
-            return RecallPreset(ref)
+            return RecallPreset(ref, quantize)
         if _is_number(ref):
             assert isinstance(ref, (int, float))
             if isinstance(ref, float) and (not math.isfinite(ref) or ref != int(ref)):
@@ -354,7 +414,7 @@ class ControlSurface:
             index = int(ref)
             if not 0 <= index < 2**31:
                 raise _Invalid(f"preset index {index} is outside 0..{2**31 - 1}")
-            return RecallPreset(index)
+            return RecallPreset(index, quantize)
         raise _Invalid(f"expected a preset name or index, got {_TAG_NAMES.get(tag, tag)}")
 
     @staticmethod

@@ -6,7 +6,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bridge.control.surface import DumpState, RecallPreset, SavePreset, SetParams, StepPreset
+from bridge.control.surface import (
+    DumpState,
+    RecallPreset,
+    SavePreset,
+    SetParams,
+    StepPreset,
+    TempoTap,
+)
+from bridge.lfo import LFO_TARGETS
 from bridge.params import MAX_PROMPT_CHARS, NORMALIZABLE, PARAMS
 
 # (address, typed args [(tag, value), ...], expected batch)
@@ -110,7 +118,38 @@ HAPPY += [
     ("/sd/preset/save", [("s", "my-look_2")], [SavePreset("my-look_2")]),
     ("/sd/state", [], [DumpState()]),
     ("/sd/state", [("i", 1)], [DumpState()]),
+    ("/sd/preset", [("s", "ambient_01"), ("s", "bar")], [RecallPreset("ambient_01", "bar")]),
+    ("/sd/preset", [("i", 2), ("s", "beat")], [RecallPreset(2, "beat")]),
+    ("/sd/preset", [("s", "ambient_01"), ("s", "now")], [RecallPreset("ambient_01", "off")]),
+    ("/sd/tempo/tap", [], [TempoTap()]),
+    ("/sd/tempo/tap", [("f", 1.0)], [TempoTap()]),
+    ("/sd/tempo/downbeat", [], [TempoTap(downbeat=True)]),
+    ("/sd/tempo/downbeat", [("T", True)], [TempoTap(downbeat=True)]),
 ]
+for param in LFO_TARGETS:
+    p = f"/sd/lfo/{param}/"
+    HAPPY += [
+        (p + "shape", [("s", "triangle")], [SetParams({f"lfo/{param}/shape": "triangle"})]),
+        (p + "rate", [("f", 0.5)], [SetParams({f"lfo/{param}/rate": 0.5})]),
+        (p + "rate", [("i", 4)], [SetParams({f"lfo/{param}/rate": 4.0})]),
+        (p + "sync", [("i", 0)], [SetParams({f"lfo/{param}/sync": False})]),
+        (p + "depth", [("f", 0.25)], [SetParams({f"lfo/{param}/depth": 0.25})]),
+        (p + "depth_norm", [("f", 1.0)], [SetParams({f"lfo/{param}/depth_norm": 1.0})]),
+        (p + "phase", [("f", 0.75)], [SetParams({f"lfo/{param}/phase": 0.75})]),
+        (p + "enabled", [("T", True)], [SetParams({f"lfo/{param}/enabled": True})]),
+    ]
+    BAD += [
+        (p + "shape", [("s", "wobble")], "shape should be one of"),
+        (p + "shape", [("i", 1)], "shape should be one of"),
+        (p + "rate", [("f", 0.0)], "outside"),
+        (p + "rate", [("f", math.nan)], "finite"),
+        (p + "sync", [("i", 2)], "0/1"),
+        (p + "depth", [("f", -0.1)], "outside"),
+        (p + "depth_norm", [("f", 1.5)], "outside"),
+        (p + "phase", [("s", "0.5")], "should be a number"),
+        (p + "enabled", [("N", None)], "got nil"),
+        (p + "depth", [], "expected 1 argument"),
+    ]
 BAD += [
     ("/sd/preset", [("s", "../etc/passwd")], "preset names are"),
     ("/sd/preset", [("s", "")], "preset names are"),
@@ -120,7 +159,11 @@ BAD += [
     ("/sd/preset", [("f", math.nan)], "preset index"),
     ("/sd/preset", [("b", b"x")], "got blob"),
     ("/sd/preset", [], "expected 1 argument"),
-    ("/sd/preset", [("s", "a"), ("i", 1)], "got 2"),
+    ("/sd/preset", [("s", "a"), ("i", 1)], "second argument: expected one of now"),
+    ("/sd/preset", [("s", "a"), ("s", "bars")], "second argument: expected one of now"),
+    ("/sd/preset", [("s", "a"), ("s", "bar"), ("s", "bar")], "got 3 arguments"),
+    ("/sd/tempo/tap", [("s", "x")], "trigger value"),
+    ("/sd/tempo/downbeat", [("f", -1.0)], "trigger value"),
     ("/sd/preset/save", [("i", 3)], "expected a preset name, got int32"),
     ("/sd/preset/save", [("s", "bad name!")], "preset names are"),
     ("/sd/preset/save", [], "expected 1 argument"),
@@ -147,6 +190,7 @@ RELEASES: list[tuple[str, Typed]] = [
     ("/sd/preset/next", [("f", 0.0)]),
     ("/sd/preset/prev", [("F", False)]),
     ("/sd/state", [("i", 0)]),
+    ("/sd/tempo/tap", [("F", False)]),
 ]
 
 

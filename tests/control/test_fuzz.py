@@ -29,7 +29,10 @@ from bridge.control.surface import (
     SavePreset,
     SetParams,
     StepPreset,
+    TempoTap,
+    parse_lfo_key,
 )
+from bridge.lfo import check_field
 from bridge.params import PARAMS
 from tests.control.conftest import handled, wait_until
 
@@ -160,6 +163,10 @@ def check_result(data: bytes, result: Any, counts: Counter[str]) -> None:
         if isinstance(cmd, SetParams):
             assert cmd.values
             for name, value in cmd.values.items():
+                lfo = parse_lfo_key(name)
+                if lfo is not None:
+                    assert check_field(lfo[1], value) == value
+                    continue
                 assert PARAMS[name].check(value) == value
                 if isinstance(value, float):
                     assert math.isfinite(value)
@@ -170,7 +177,7 @@ def check_result(data: bytes, result: Any, counts: Counter[str]) -> None:
         elif isinstance(cmd, SavePreset):
             assert PRESET_NAME_RE.fullmatch(cmd.name)
         else:
-            assert isinstance(cmd, (StepPreset, DumpState))
+            assert isinstance(cmd, (StepPreset, DumpState, TempoTap))
     counts["accepted"] += 1
 
 
