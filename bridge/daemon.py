@@ -371,7 +371,15 @@ class Daemon:
         return ControlApi(
             self.osc.surface if self.osc is not None else ControlSurface(self.cfg.osc.ranges), self.submit,
             values=self.controller.snapshot, presets=presets.names if presets is not None else list,
-            status=self.status, on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))))
+            status=self._control_page_status,
+            on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))))
+
+    def _control_page_status(self) -> dict[str, Any]:
+        """:meth:`status` plus the beat clock (the page's tempo line and bar dots)."""
+        out = self.status()
+        if self.controller is not None and self.controller.tempo is not None:
+            out["tempo"] = self.controller.tempo_status()
+        return out
 
     def _preview_frame(self, which: str) -> np.ndarray | None:
         if which == "input":

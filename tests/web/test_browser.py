@@ -157,6 +157,27 @@ def test_save_asks_before_replacing_a_preset(page, web_daemon, web_presets):
     assert (web_presets / "from-the-page.yaml").exists()
 
 
+def test_tap_tempo_and_the_bar_from_the_page(page, web_daemon):
+    """Four taps half a second apart set about 120 BPM (the daemon's clock), the BPM fader follows, and
+    the tempo line and the bar's dots show the clock the daemon reports."""
+    tempo = web_daemon.tempo
+    send_osc(web_daemon, "/sd/tempo/bpm", 90.0)
+    expect(fader(page, "bpm").locator("input[type=number]")).to_have_value("90", timeout=10_000)
+    t0 = time.monotonic()
+    for k in range(4):
+        while time.monotonic() < t0 + 0.5 * k:
+            time.sleep(0.005)
+        page.click("#tap")
+    # 120 BPM give or take what a loaded machine adds to a click's way (never a timing claim)
+    assert wait_until(lambda: 100.0 < tempo.bpm < 145.0, 5), tempo.bpm
+    expect(fader(page, "bpm").locator("input[type=number]")).to_have_value(re.compile(r"^1[0-4]\d"), timeout=10_000)
+    expect(page.locator("#tempo-now")).to_contain_text("BPM", timeout=10_000)
+    expect(page.locator("#tempo-now")).to_contain_text("internal clock")
+    assert page.locator("#beat-dots .dot").count() == tempo.beats_per_bar
+    assert page.locator("#beat-dots .dot.on").count() == 1
+    assert not [p for p in page.problems if "page error" in p]
+
+
 def test_the_status_page_reads_well_and_links_the_control_page(browser, web_daemon):
     p = browser.new_page()
     problems: list[str] = []

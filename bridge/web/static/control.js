@@ -9,11 +9,13 @@ const PLACE = {  // where the known parameters go; any other one lands in "Param
   prompt_b: 'prompt-fields', prompt_mix: 'prompt-fields',
   seed: 'seed-fields', seed_b: 'seed-fields', seed_mix: 'seed-fields',
   bypass: 'output-controls', mix: 'output-controls',
+  bpm: 'tempo-fields', transition_beats: 'tempo-fields',
 };
 const LABEL = {
   prompt: 'Prompt', negative_prompt: 'Negative prompt', prompt_a: 'Prompt A', prompt_b: 'Prompt B',
   prompt_mix: 'A ⟷ B crossfader', seed: 'Seed', seed_b: 'Seed B', seed_mix: 'Seed crossfader',
-  bypass: 'Bypass', mix: 'Dry / wet', filter_threshold: 'Similarity filter',
+  bypass: 'Bypass', mix: 'Dry / wet', filter_threshold: 'Similarity filter', bpm: 'BPM',
+  transition_beats: 'Transition (beats)',
 };
 const FADER_STEPS = 1000;
 
@@ -285,8 +287,39 @@ function addPoint(p) {
   while (state.history.length && p.t - state.history[0].t > 60) state.history.shift();
 }
 
+// ---------------------------------------------------------------- tempo
+// the daemon reports its clock (bpm, beat, phase in the bar) with each status sample; between
+// samples the page runs the beat on from the last one, so the bar dots move on the beat
+const tempo = {bpm: 0, beat: 0, phase: 0, perBar: 4, at: 0, seen: false};
+function setupTempo() {
+  $('tap').addEventListener('click', () => send('/sd/tempo/tap', []));
+  $('downbeat').addEventListener('click', () => send('/sd/tempo/downbeat', []));
+  const tick = () => {
+    const dots = $('beat-dots');
+    if (tempo.seen && tempo.bpm > 0) {
+      const beats = tempo.phase * tempo.perBar + (performance.now() - tempo.at) / 1000 * tempo.bpm / 60;
+      const current = Math.floor(beats) % tempo.perBar;
+      if (dots.children.length !== tempo.perBar) {
+        dots.replaceChildren(...Array.from({length: tempo.perBar}, () => el('span', {class: 'dot'})));
+      }
+      [...dots.children].forEach((d, i) => { d.className = 'dot' + (i === current ? ' on' : ''); });
+    }
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}
+function showTempo(t) {
+  if (!t || typeof t.bpm !== 'number') return;
+  Object.assign(tempo, {bpm: t.bpm, beat: t.beat, phase: t.bar_phase || 0, perBar: t.beats_per_bar || 4,
+    at: performance.now(), seen: true});
+  const clock = t.clock === 'link' ? 'Ableton Link, ' + (t.peers || 0) + ' peer(s)' : 'internal clock';
+  const waiting = t.waiting_recall ? ' · waiting: ' + t.waiting_recall : '';
+  $('tempo-now').textContent = t.bpm.toFixed(1) + ' BPM · ' + clock + ' · quantize ' + (t.quantize || 'off') + waiting;
+}
+
 // ---------------------------------------------------------------- status
 function showStatus(s) {
+  if (s && s.tempo) showTempo(s.tempo);
   if ('preset' in s) { state.preset = s.preset || ''; renderPresets(); }
   if ('source' in s || 'render' in s) {
     state.status = Object.assign(state.status || {}, s);
@@ -348,6 +381,7 @@ function refreshImage(id) {
 }
 
 setupPresets();
+setupTempo();
 connect();
 refreshImage('input');
 refreshImage('output');
