@@ -180,6 +180,22 @@ class ParamsConfig(_Strict):
     mix: float = Field(1.0, ge=0, le=1)
     filter_threshold: float = Field(1.0, ge=0, le=1)
     smoothing: float = Field(0.0, ge=0, le=PARAMS["smoothing"].hi, description="temporal smoothing (0: off)")
+    temporal_cache: bool | None = Field(None, description="cached attention on at start (unset: on when "
+                                        "temporal.max_frames > 0)")
+    temporal_frames: int | None = Field(None, ge=1, le=PARAMS["temporal_frames"].hi,
+                                        description="cached frames read (unset: temporal.max_frames)")
+    temporal_interval: int = Field(1, ge=1, le=PARAMS["temporal_interval"].hi,
+                                   description="refresh the cache every N frames")
+    temporal_injection: float = Field(0.0, ge=0, le=1, description="feature injection strength (0: off)")
+    latent_feedback: float = Field(0.0, ge=0, le=PARAMS["latent_feedback"].hi,
+                                   description="share of the previous output latent fed into the next input")
+
+
+class TemporalConfig(_Strict):
+    """The cached-attention bank built into the pipeline (live settings are in params)."""
+
+    max_frames: int = Field(0, ge=0, le=4, description="frames the bank holds per layer and stage, 1..4 "
+                            "(0: no bank, the U-Net runs untouched); memory and attention cost grow with it")
 
 
 class DaemonConfig(_Strict):
@@ -192,6 +208,7 @@ class DaemonConfig(_Strict):
     status: StatusConfig = Field(default_factory=StatusConfig)
     presets: PresetsConfig = Field(default_factory=PresetsConfig)
     params: ParamsConfig = Field(default_factory=ParamsConfig)
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -202,6 +219,9 @@ class DaemonConfig(_Strict):
                     else item for item in v]
         return v
 
+    def _check_temporal(self) -> None:
+        _check_temporal_config(self)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> DaemonConfig:
         if not self.sinks:
@@ -211,9 +231,25 @@ class DaemonConfig(_Strict):
                 f"pipeline.denoising_batch: false runs the U-Net at varying batch sizes, which the "
                 f"static-shape {self.pipeline.acceleration!r} engines cannot; use acceleration: none"
             )
+        self._check_temporal()
         if not self.osc.enabled and (self.osc.query_port is not None or self.osc.advertise):
             raise ValueError("osc.query_port / osc.advertise describe the OSC port, but osc.enabled is false")
         return self
+
+
+def _check_temporal_config(cfg: DaemonConfig) -> None:
+    m, p = cfg.temporal.max_frames, cfg.params
+    if m == 0:
+        if p.temporal_cache or p.temporal_frames is not None or p.temporal_injection > 0:
+            raise ValueError("params.temporal_*: the temporal bank is not built (temporal.max_frames is 0); "
+                             "set temporal.max_frames to 1..4")
+        return
+    if p.temporal_frames is not None and p.temporal_frames > m:
+        raise ValueError(f"params.temporal_frames: {p.temporal_frames} is more than temporal.max_frames ({m})")
+    if cfg.pipeline.acceleration in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"temporal.max_frames: the cached-attention bank runs in the PyTorch U-Net (acceleration "
+                         f"none, compile or auto), not in {cfg.pipeline.acceleration!r} engines; set it to 0 "
+                         "or change pipeline.acceleration")
 
 
 def _default_source():

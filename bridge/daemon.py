@@ -124,6 +124,7 @@ class Daemon:
             cfg_type=p.cfg, guidance_scale=params.guidance, delta=params.delta, seed=params.seed,
             add_noise=p.add_noise, filter_threshold=params.filter_threshold, filter_max_skip=p.filter_max_skip,
             smoothing=params.smoothing,
+            **self._temporal_settings(),
             denoising_batch=p.denoising_batch,
         )
         runner, choice = self._build_runner(components, len(steps))
@@ -135,15 +136,43 @@ class Daemon:
             components.info["device"], self.engine.pipeline.latency_frames,
         )
 
+    def _temporal_settings(self) -> dict[str, Any]:
+        """StreamSettings for the cached-attention bank and latent feedback (stream_core.temporal)."""
+        t, params = self.cfg.temporal, self.cfg.params
+        out: dict[str, Any] = {"latent_feedback": params.latent_feedback, "temporal_max_frames": t.max_frames,
+                               # compiled U-Net: no Python branch on live settings (no recompiles)
+                               "temporal_static": self.cfg.pipeline.acceleration == "compile"}
+        if t.max_frames:
+            out.update(
+                temporal_cache=True if params.temporal_cache is None else params.temporal_cache,
+                temporal_frames=params.temporal_frames, temporal_interval=params.temporal_interval,
+                temporal_injection=params.temporal_injection,
+            )
+        return out
+
+    def _temporal_initial(self) -> dict[str, Any]:
+        """The live temporal values as the pipeline runs them (defaults resolved against the bank)."""
+        bank = self.engine.pipeline.temporal
+        if bank is None:
+            return {}
+        return {"temporal_cache": bank.cache, "temporal_frames": bank.frames, "temporal_interval": bank.interval,
+                "temporal_injection": bank.injection}
+
     def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
         """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
         from stream_core.accel.auto import runner_for
         from stream_core.accel.errors import AccelError
 
         p = self.cfg.pipeline
+        acceleration = p.acceleration
+        if self.cfg.temporal.max_frames and acceleration == "auto":
+            # the bank lives in the PyTorch U-Net's attention processors: auto may not pick an engine
+            log.info("temporal.max_frames %d: acceleration auto runs the PyTorch U-Net (none)",
+                     self.cfg.temporal.max_frames)
+            acceleration = "none"
         try:
             return runner_for(
-                components, p.acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
+                components, acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
                 frame_buffer=p.frame_buffer, cfg_type=p.cfg, allow_build=p.allow_build,
                 cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
                 denoising_batch=p.denoising_batch,
@@ -195,7 +224,7 @@ class Daemon:
 
             params["strength"] = round(t_index_list_to_strength(self.engine.pipeline.t_index_list), 4)
         self.controller = LiveController(
-            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
+            engine.pipeline, self.cache, self.presets, self._cold(), initial={**merge_initial(params), **self._temporal_initial()},
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
             status=self._set_status, max_presets=self.cfg.presets.max_count,

@@ -34,11 +34,14 @@ from bridge.presets import DEFAULT_MAX_PRESETS, ColdSettings, Preset, PresetSave
 from bridge.prompt_cache import PromptCache
 from bridge.runtime.throttle import LogThrottle
 from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
+from stream_core.temporal import MAX_LATENT_FEEDBACK
 
 log = logging.getLogger("streambridge.live")
 
 PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
-MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
+MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing", "temporal_injection", "latent_feedback")
+# temporal settings the pipeline applies (it refuses them when it has no bank; see _set_temporal)
+TEMPORAL_KEYS = ("temporal_cache", "temporal_frames", "temporal_interval", "temporal_injection", "latent_feedback")
 NOISE_KEYS = ("seed", "seed_b", "seed_mix")  # together they make the stream's noise
 FAILURE_LOG_INTERVAL_S = 5.0
 
@@ -199,6 +202,8 @@ class LiveController:
                 self._morph_drop(name)
             if self.values.get(name) == value:
                 continue
+            if name in TEMPORAL_KEYS and not self._set_temporal(name, value):
+                continue
             self.values[name] = value
             changed[name] = value
             if name in PROMPT_KEYS:
@@ -222,6 +227,23 @@ class LiveController:
             # bypass, mix, transition are read by the render loop / recalls
         if changed:
             self._feedback(changed)
+
+    def _set_temporal(self, name: str, value: Any) -> bool:
+        """Apply one temporal setting; False (reported to the sender, nothing changed) when the
+        pipeline refuses it (no bank built, more frames than the bank holds)."""
+        setter = {
+            "temporal_cache": self.pipeline.set_temporal_cache,
+            "temporal_frames": self.pipeline.set_temporal_frames,
+            "temporal_interval": self.pipeline.set_temporal_interval,
+            "temporal_injection": self.pipeline.set_temporal_injection,
+            "latent_feedback": self.pipeline.set_latent_feedback,
+        }[name]
+        try:
+            setter(value)
+        except ValueError as exc:  # RebuildRequired is a ValueError
+            self._error(PARAMS[name].address, str(exc))
+            return False
+        return True
 
     def _texts_for(self, preset: Preset) -> list[str]:
         return [t for t in preset.prompt_texts() if t]
@@ -365,6 +387,10 @@ class LiveController:
             self.pipeline.set_delta(v)
         elif name == "smoothing":
             self.pipeline.set_smoothing(min(MAX_SMOOTHING, max(0.0, v)))
+        elif name == "latent_feedback":
+            self.pipeline.set_latent_feedback(min(MAX_LATENT_FEEDBACK, max(0.0, v)))
+        elif name == "temporal_injection" and self.pipeline.temporal is not None:
+            self.pipeline.set_temporal_injection(min(1.0, max(0.0, v)))
         # prompt_mix is folded into the embeddings' morph
 
     def _finish_morph(self) -> None:
