@@ -150,14 +150,6 @@ class Daemon:
             )
         return out
 
-    def _temporal_initial(self) -> dict[str, Any]:
-        """The live temporal values as the pipeline runs them (defaults resolved against the bank)."""
-        bank = self.engine.pipeline.temporal
-        if bank is None:
-            return {}
-        return {"temporal_cache": bank.cache, "temporal_frames": bank.frames, "temporal_interval": bank.interval,
-                "temporal_injection": bank.injection}
-
     def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
         """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
         from stream_core.accel.auto import runner_for
@@ -224,7 +216,7 @@ class Daemon:
 
             params["strength"] = round(t_index_list_to_strength(self.engine.pipeline.t_index_list), 4)
         self.controller = LiveController(
-            engine.pipeline, self.cache, self.presets, self._cold(), initial={**merge_initial(params), **self._temporal_initial()},
+            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
             status=self._set_status, max_presets=self.cfg.presets.max_count,

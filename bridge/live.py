@@ -105,6 +105,7 @@ class LiveController:
         self.values: dict[str, Any] = default_values()
         if initial:
             self.values.update(initial)
+        self.values.update(temporal_values(pipeline))
         self.current_preset: str | None = None
         self._morph: _Morph | None = None
         self._pending_recall: tuple[str, Preset, str] | None = None
@@ -522,6 +523,16 @@ class LiveController:
             log.info("stopping: %d queued control command(s) not applied", dropped)
         if self.saver is not None:
             self.saver.close()
+
+
+def temporal_values(pipeline: Any) -> dict[str, Any]:
+    """The temporal settings the pipeline was built with (the bank resolves unset ones)."""
+    out: dict[str, Any] = {"latent_feedback": float(getattr(pipeline, "latent_feedback", 0.0))}
+    bank = getattr(pipeline, "temporal", None)
+    if bank is not None:
+        out.update(temporal_cache=bank.cache, temporal_frames=bank.frames, temporal_interval=bank.interval,
+                   temporal_injection=bank.injection)
+    return out
 
 
 def merge_initial(params: dict[str, Any]) -> dict[str, Any]:
