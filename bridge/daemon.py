@@ -139,9 +139,7 @@ class Daemon:
     def _temporal_settings(self) -> dict[str, Any]:
         """StreamSettings for the cached-attention bank and latent feedback (stream_core.temporal)."""
         t, params = self.cfg.temporal, self.cfg.params
-        out: dict[str, Any] = {"latent_feedback": params.latent_feedback, "temporal_max_frames": t.max_frames,
-                               # compiled U-Net: no Python branch on live settings (no recompiles)
-                               "temporal_static": self.cfg.pipeline.acceleration == "compile"}
+        out: dict[str, Any] = {"latent_feedback": params.latent_feedback, "temporal_max_frames": t.max_frames}
         if t.max_frames:
             out.update(
                 temporal_cache=True if params.temporal_cache is None else params.temporal_cache,

@@ -751,13 +751,14 @@ class StreamPipeline:
 
 
 def _unet_module(runner: Any) -> Any:
-    """The diffusers U-Net a runner executes (eager or compiled torch); the bank installs its
-    processors there. Engines exported without the bank (ONNX Runtime, TensorRT) cannot carry it."""
-    for obj in (runner, getattr(runner, "base", None), getattr(runner, "inner", None)):
+    """The diffusers U-Net an eager runner executes; the bank installs its processors there.
+    Runners that captured, compiled or exported the U-Net before the bank existed (compile, ONNX
+    Runtime, TensorRT) would run it without the bank, so they are refused."""
+    for obj in (runner, getattr(runner, "inner", None)):
         unet = getattr(obj, "unet_model", None)
-        if unet is not None and hasattr(unet, "set_attn_processor"):
+        if unet is not None and hasattr(unet, "set_attn_processor") and not hasattr(obj, "base"):
             return unet
     raise RebuildRequired(
-        f"the temporal bank needs a PyTorch U-Net (acceleration none or compile); {type(runner).__name__} "
-        "runs an exported engine without it: set temporal.max_frames to 0 or use acceleration none/compile"
+        f"the temporal bank needs the eager PyTorch U-Net (acceleration none); {type(runner).__name__} runs a "
+        "U-Net compiled or exported without it: set temporal.max_frames to 0 or use acceleration none"
     )

@@ -40,6 +40,7 @@ def test_osc_addresses_and_normalized_faders():
     ({"temporal": {"max_frames": 5}}, "max_frames"),
     ({"temporal": {"max_frames": 2, "size": 3}}, "size"),
     ({"temporal": {"max_frames": 2}, "pipeline": {"acceleration": "onnxruntime"}}, "onnxruntime"),
+    ({"temporal": {"max_frames": 2}, "pipeline": {"acceleration": "compile"}}, "compile"),
     ({"params": {"latent_feedback": 0.95}}, "latent_feedback"),
 ])
 def test_config_refuses_what_cannot_run(data, match):

@@ -121,3 +121,42 @@ def test_bank_stays_on_the_pipeline_device_and_dtype_on_meta(tiny_components, en
         if t.is_floating_point():
             assert t.dtype == torch.float16, name
     assert (pipe._fb_prev.device.type, pipe._fb_prev.dtype) == ("meta", torch.float16)
+
+
+def test_runners_without_the_eager_unet_are_refused(tiny_components, enc):
+    from stream_core.pipeline import RebuildRequired, StreamPipeline, StreamSettings
+    from stream_core.runner import CountingRunner, TorchRunner
+
+    unet = copy.deepcopy(tiny_components.unet)
+    s = StreamSettings(width=64, height=64, t_index_list=(32, 45), temporal_max_frames=1)
+    counted = StreamPipeline(CountingRunner(TorchRunner(unet, tiny_components.vae)), tiny_components.scheduler, s,
+                             enc.encode("a fox"))
+    assert counted.temporal is not None
+
+    class Compiled:  # like CompiledRunner: an eager base whose U-Net was captured before the bank
+        def __init__(self) -> None:
+            self.base = TorchRunner(copy.deepcopy(tiny_components.unet), tiny_components.vae)
+            self.unet_model = self.base.unet_model
+            self.device, self.dtype = self.base.device, self.base.dtype
+
+    with pytest.raises(RebuildRequired, match="acceleration none"):
+        StreamPipeline(Compiled(), tiny_components.scheduler, s, enc.encode("a fox"))
+
+
+def test_whole_frame_graph_switches_the_bank_to_static_and_snapshots_it(make):
+    from stream_core.accel.frame_graph import FrameGraph, pipeline_tensors, restore, snapshot
+
+    pipe = make(temporal_max_frames=2)
+    graph = FrameGraph(pipe, capture=False)
+    assert pipe.temporal.static
+    for k in range(3):
+        graph(clip(k))
+    names = pipeline_tensors(pipe)
+    assert "temporal.keys.0" in names and "temporal._ptr" in names
+    saved = snapshot(pipe)
+    ring = pipe.temporal.keys[0]
+    graph(clip(3))
+    assert not torch.equal(ring, saved["temporal.keys.0"])
+    restore(pipe, saved)
+    assert pipe.temporal.keys[0] is ring and torch.equal(ring, saved["temporal.keys.0"])
+    assert int(pipe.temporal._ptr) == int(saved["temporal._ptr"])
