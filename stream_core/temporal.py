@@ -283,7 +283,7 @@ class TemporalBank:
     def active(self) -> bool:
         return self._call is not None
 
-    def _rows(self, store: list[torch.Tensor], i: int, batch: int) -> torch.Tensor:
+    def _rows(self, store: list[torch.Tensor], i: int, batch: int, tokens: int | None = None) -> torch.Tensor:
         """The ring of layer ``i`` for every row of the U-Net batch: (batch, max_frames * T, C)."""
         r0, n, uncond = self._call
         ring = store[i][r0 : r0 + n]
@@ -291,10 +291,13 @@ class TemporalBank:
             ring = torch.cat([ring[:uncond], ring])
         if ring.shape[0] != batch:
             raise RuntimeError(f"U-Net batch {batch} does not match the temporal bank's call ({uncond} + {n} rows)")
+        if tokens is not None and ring.shape[2] != tokens:
+            raise RuntimeError(f"self-attention layer {self.names[i]} runs {tokens} tokens but its bank was built "
+                               f"for {ring.shape[2]} (a different latent size needs a new pipeline)")
         return ring.flatten(1, 2)
 
-    def bank_kv(self, i: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._rows(self.keys, i, batch), self._rows(self.values, i, batch)
+    def bank_kv(self, i: int, batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._rows(self.keys, i, batch, tokens), self._rows(self.values, i, batch, tokens)
 
     def attn_bias(self, tokens: int, bank_tokens: int, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask (1, 1, 1, tokens + max_frames * bank_tokens): 0 for the current frame's
@@ -304,7 +307,7 @@ class TemporalBank:
 
     def inject(self, i: int, out: torch.Tensor) -> torch.Tensor:
         """``out + s * (nearest cached output feature (cosine) - out)``, per token."""
-        cached = self._rows(self.outputs, i, out.shape[0])
+        cached = self._rows(self.outputs, i, out.shape[0], out.shape[1])
         t = self.outputs[i].shape[2]
         sim = F.normalize(out, dim=-1) @ F.normalize(cached, dim=-1).transpose(1, 2)
         sim = sim + self._inj_bias.to(sim.dtype).repeat_interleave(t)
@@ -355,7 +358,7 @@ class CachedSelfAttention:
         active = bank.active
         k_all, v_all, mask = key, value, None
         if active and (bank.static or bank.cache):
-            kb, vb = bank.bank_kv(i, batch)
+            kb, vb = bank.bank_kv(i, batch, key.shape[1])
             k_all = torch.cat([key, kb], dim=1)
             v_all = torch.cat([value, vb], dim=1)
             mask = bank.attn_bias(key.shape[1], bank.keys[i].shape[2], query.dtype)

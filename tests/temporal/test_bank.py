@@ -273,3 +273,21 @@ def test_sequential_denoising_uses_the_same_bank(make):
     assert int(pipe.temporal._ptr) == 1  # fill -> 1, then one write per frame (not per call): 0, 1
     k = pipe.temporal.keys[0]
     assert not torch.equal(k[0], k[1]) and not torch.equal(k[1], k[2])  # each stage's call wrote its row
+
+
+@torch.no_grad()
+def test_a_latent_size_the_bank_was_not_built_for_is_a_clear_error(tiny_components):
+    import copy
+
+    from stream_core.temporal import TemporalBank
+
+    unet = copy.deepcopy(tiny_components.unet)
+    bank = TemporalBank(unet, 3, (4, 4), 1, "cpu", torch.float32)  # built for 4x4 latents
+    name = bank.names[0][: -len(".processor")]
+    attn = dict(unet.named_modules())[name]
+    bank.begin_frame()
+    bank.begin_call(0, 3, 0)
+    with pytest.raises(RuntimeError, match="runs 64 tokens but its bank was built for 16"):
+        attn(torch.randn((3, 64, attn.to_q.in_features)))
+    bank.uninstall()
+    assert not any(type(p).__name__ == "CachedSelfAttention" for p in unet.attn_processors.values())
