@@ -390,7 +390,7 @@ class LiveController:
             self.pipeline.set_smoothing(min(MAX_SMOOTHING, max(0.0, v)))
         elif name == "latent_feedback":
             self.pipeline.set_latent_feedback(min(MAX_LATENT_FEEDBACK, max(0.0, v)))
-        elif name == "temporal_injection" and self.pipeline.temporal is not None:
+        elif name == "temporal_injection" and getattr(self.pipeline, "temporal", None) is not None:
             self.pipeline.set_temporal_injection(min(1.0, max(0.0, v)))
         # prompt_mix is folded into the embeddings' morph
 
