@@ -43,6 +43,8 @@ own allocations are outside torch's allocator, so its figure adds the device-mem
 ``--budget-s`` skips what would not fit and stops cleanly when the time is up (also on SIGTERM):
 the JSON (``--out``, default ``$OUT/gpu_bench.json``) always holds what was measured so far.
 
+``--temporal`` measures the temporal-consistency options instead (see :func:`run_temporal_mode`).
+
 Needs torch, transformers and diffusers (carry diffusers as a wheel where it is missing); imports
 stream_core from this repository. Smoke test without a GPU: ``--device cpu --arch tiny --quick``.
 """
@@ -587,6 +589,95 @@ def _default_fast_variant(variants: list[str], device: torch.device) -> str | No
     return None
 
 
+# ---------------------------------------------------------------------------- temporal mode
+# `--temporal`: the cost of the cached-attention bank, feature injection and latent feedback on the
+# SD1.5 architecture (eager PyTorch; the bank lives in the U-Net's self-attention processors)
+TEMPORAL_SCENARIOS: dict[str, tuple[int, ...]] = {"sd15-1step": (35,), "sd15-lcm-4step": (10, 23, 36, 45)}
+TEMPORAL_VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {},
+    "cache 1": {"temporal_max_frames": 1},
+    "cache 2": {"temporal_max_frames": 2},
+    "cache 4": {"temporal_max_frames": 4},
+    "cache 2 + injection 0.5": {"temporal_max_frames": 2, "temporal_injection": 0.5},
+    "bank 2 built static, cache off": {"temporal_max_frames": 2, "temporal_cache": False, "temporal_static": True},
+    "feedback 0.3": {"latent_feedback": 0.3},
+}
+
+
+def run_temporal_variant(variant: str, components: Any, t_list: tuple[int, ...], frames_in: list[torch.Tensor],
+                         pos: torch.Tensor, size: int, timing: dict[str, int]) -> dict[str, Any]:
+    """One temporal variant: ms per frame, fps, peak memory, bank size; the bank is removed after."""
+    from stream_core.pipeline import StreamPipeline, StreamSettings
+    from stream_core.runner import TorchRunner
+
+    settings = StreamSettings(width=size, height=size, t_index_list=t_list, cfg_type="none", seed=2,
+                              **TEMPORAL_VARIANTS[variant])
+    with _peak(components.device) as mem:
+        pipe = StreamPipeline(TorchRunner(components.unet, components.vae), components.scheduler, settings, pos)
+        try:
+            res: dict[str, Any] = time_frames(lambda k: pipe(frames_in[k % len(frames_in)]), components.device,
+                                              **timing)
+            out = pipe(frames_in[0])
+            res["finite"] = bool(torch.isfinite(out).all())
+            bank = pipe.temporal
+            if bank is not None:
+                res["bank_mib"] = round(sum(t.numel() * t.element_size() for t in bank.tensors().values()) / 2**20, 1)
+                res["bank_layers"] = len(bank.names)
+        finally:
+            if pipe.temporal is not None:
+                pipe.temporal.uninstall()  # the next variant gets the plain U-Net
+    res.update(peak_gib=mem["peak_gib"], steps=len(t_list))
+    return res
+
+
+def run_temporal_mode(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, timing: dict[str, int],
+                      out_path: Path, t_start: float) -> int:
+    """``--temporal``: every TEMPORAL_VARIANTS entry for both step counts, within ``--budget-s``
+    (checked before each variant from the slowest one so far); the JSON is saved after each."""
+    report: dict[str, Any] = {"env": _env(device), "mode": "temporal", "size": args.size, "timing": timing,
+                              "results": []}
+    rows: list[dict[str, Any]] = report["results"]
+    slowest = 0.0
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+        for scen, t_list in TEMPORAL_SCENARIOS.items():
+            arch = "tiny" if args.arch == "tiny" else "sd15"
+            components = build_components(arch, device, dtype, Path(tmp) / f"tok-{scen}")
+            pos = prompt_embeds(components)
+            g = torch.Generator("cpu").manual_seed(5)
+            frames_in = [(torch.rand((1, 3, args.size, args.size), generator=g) * 2 - 1).to(device, dtype)
+                         for _ in range(8)]
+            for variant in TEMPORAL_VARIANTS:
+                row: dict[str, Any] = {"scenario": scen, "variant": variant, "arch": arch}
+                if time.perf_counter() - t_start + 1.5 * slowest > args.budget_s:
+                    row["skipped"] = "time budget"
+                else:
+                    t0 = time.perf_counter()
+                    try:
+                        row.update(run_temporal_variant(variant, components, t_list, frames_in, pos, args.size,
+                                                        timing))
+                    except Exception as exc:  # one failing variant must not lose the others
+                        log.exception("%s / %s failed", scen, variant)
+                        row["error"] = f"{type(exc).__name__}: {exc}"
+                    slowest = max(slowest, time.perf_counter() - t0)
+                rows.append(row)
+                out_path.write_text(json.dumps(report, indent=1, default=str))
+                log.info("%s / %s: %s", scen, variant, {k: v for k, v in row.items() if k not in ("scenario", "variant")})
+            del components
+            gc.collect()
+    base = {r["scenario"]: r["ms_per_frame"] for r in rows if r["variant"] == "off" and "ms_per_frame" in r}
+    print(f"{'scenario':<16}{'variant':<34}{'ms/frame':>10}{'x off':>8}{'peak GiB':>10}{'bank MiB':>10}")
+    for r in rows:
+        if "ms_per_frame" not in r:
+            print(f"{r['scenario']:<16}{r['variant']:<34}  {r.get('skipped') or r.get('error')}")
+            continue
+        ratio = r["ms_per_frame"] / base[r["scenario"]] if r["scenario"] in base else float("nan")
+        peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.2f}"
+        print(f"{r['scenario']:<16}{r['variant']:<34}{r['ms_per_frame']:>10.2f}{ratio:>8.2f}{peak:>10}"
+              f"{r.get('bank_mib', 0):>10}")
+    print(f"JSON: {out_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -607,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds of frames with a prompt change every 100 ms (default 6; --quick 1.5; 0 skips)")
     ap.add_argument("--hitch-variant", default="default", help="variant for the prompt-change figure (default as "
                     "--startup-variant)")
+    ap.add_argument("--temporal", action="store_true",
+                    help="temporal mode: cost of cached attention / injection / feedback on SD1.5, 1 and 4 steps")
     ap.add_argument("--startup-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -628,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         timing = {"warmup": 1, "frames": 3, "rounds": 3} if args.quick else {"warmup": 2, "frames": 10, "rounds": 3}
     hitch_s = args.hitch_s if args.hitch_s is not None else (1.5 if args.quick else 6.0)
+    if args.temporal:
+        return run_temporal_mode(args, device, dtype, timing, out_path, t_start)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

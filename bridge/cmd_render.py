@@ -75,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--smoothing", type=float, default=0.0, help="temporal smoothing 0..0.95 (default 0: off)")
+    p.add_argument("--latent-feedback", type=float, default=0.0,
+                   help="share of the previous output latent fed into the next input, 0..0.9 (default 0: off)")
+    p.add_argument("--temporal-frames", type=int, default=0,
+                   help="cached attention over the last N frames, 1..4 (default 0: off; runs acceleration none)")
+    p.add_argument("--temporal-interval", type=int, default=1, help="refresh the cached frames every N frames")
+    p.add_argument("--temporal-injection", type=float, default=0.0, help="feature injection strength 0..1")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="WxH (default 512x512)")
     p.add_argument("--frame-buffer", type=int, default=1, help="frames per stream call (default 1)")
     p.add_argument("--add-noise", action=argparse.BooleanOptionalAction, default=True)
@@ -153,7 +159,7 @@ def run_render(args: argparse.Namespace) -> int:
     settings = StreamSettings(
         width=width, height=height, t_index_list=t_list, frame_buffer_size=args.frame_buffer,
         cfg_type=args.cfg, guidance_scale=args.guidance, delta=args.delta, seed=args.seed,
-        add_noise=args.add_noise, smoothing=args.smoothing,
+        add_noise=args.add_noise, smoothing=args.smoothing, **_temporal(args),
     )
     try:
         settings.check()
@@ -215,6 +221,31 @@ def run_render(args: argparse.Namespace) -> int:
         raise CliError(f"{src}: no frames were read", code=1)
     log.info("wrote %d frames to %s", written, out_dir)
     return 0
+
+
+def _temporal(args: argparse.Namespace) -> dict:
+    """StreamSettings for latent feedback and the cached-attention bank (docs/temporal.md)."""
+    out = {"latent_feedback": args.latent_feedback}
+    if not args.temporal_frames:
+        if args.temporal_injection:
+            raise CliError("--temporal-injection needs --temporal-frames (the cached frames it searches)")
+        return out
+    from stream_core.temporal import check_injection, check_interval, check_max_frames
+
+    try:
+        check_max_frames(args.temporal_frames)
+        check_interval(args.temporal_interval)
+        check_injection(args.temporal_injection)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.acceleration == "auto":
+        args.acceleration = "none"  # the bank runs in the eager U-Net
+    elif args.acceleration != "none":
+        raise CliError(f"--temporal-frames runs in the eager PyTorch U-Net: use --acceleration none "
+                       f"(not {args.acceleration})")
+    out.update(temporal_max_frames=args.temporal_frames, temporal_interval=args.temporal_interval,
+               temporal_injection=args.temporal_injection)
+    return out
 
 
 def _runner(args: argparse.Namespace, components, settings):

@@ -203,6 +203,22 @@ class ParamsConfig(_Strict):
     mix: float = Field(1.0, ge=0, le=1)
     filter_threshold: float = Field(1.0, ge=0, le=1)
     smoothing: float = Field(0.0, ge=0, le=PARAMS["smoothing"].hi, description="temporal smoothing (0: off)")
+    temporal_cache: bool | None = Field(None, description="cached attention on at start (unset: on when "
+                                        "temporal.max_frames > 0)")
+    temporal_frames: int | None = Field(None, ge=1, le=PARAMS["temporal_frames"].hi,
+                                        description="cached frames read (unset: temporal.max_frames)")
+    temporal_interval: int = Field(1, ge=1, le=PARAMS["temporal_interval"].hi,
+                                   description="refresh the cache every N frames")
+    temporal_injection: float = Field(0.0, ge=0, le=1, description="feature injection strength (0: off)")
+    latent_feedback: float = Field(0.0, ge=0, le=PARAMS["latent_feedback"].hi,
+                                   description="share of the previous output latent fed into the next input")
+
+
+class TemporalConfig(_Strict):
+    """The cached-attention bank built into the pipeline (live settings are in params)."""
+
+    max_frames: int = Field(0, ge=0, le=4, description="frames the bank holds per layer and stage, 1..4 "
+                            "(0: no bank, the U-Net runs untouched); memory and attention cost grow with it")
 
 
 class DaemonConfig(_Strict):
@@ -216,6 +232,7 @@ class DaemonConfig(_Strict):
     presets: PresetsConfig = Field(default_factory=PresetsConfig)
     params: ParamsConfig = Field(default_factory=ParamsConfig)
     tempo: TempoConfig = Field(default_factory=TempoConfig)
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -225,6 +242,9 @@ class DaemonConfig(_Strict):
             return [{**item, "type": "null"} if isinstance(item, dict) and "type" in item and item["type"] is None
                     else item for item in v]
         return v
+
+    def _check_temporal(self) -> None:
+        _check_temporal_config(self)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DaemonConfig:
@@ -237,9 +257,25 @@ class DaemonConfig(_Strict):
             )
         if self.status.control and not self.status.listen:
             raise ValueError("status.control: the control page is served on status.listen, which is not set")
+        self._check_temporal()
         if not self.osc.enabled and (self.osc.query_port is not None or self.osc.advertise):
             raise ValueError("osc.query_port / osc.advertise describe the OSC port, but osc.enabled is false")
         return self
+
+
+def _check_temporal_config(cfg: DaemonConfig) -> None:
+    m, p = cfg.temporal.max_frames, cfg.params
+    if m == 0:
+        if p.temporal_cache or p.temporal_frames is not None or p.temporal_injection > 0:
+            raise ValueError("params.temporal_*: the temporal bank is not built (temporal.max_frames is 0); "
+                             "set temporal.max_frames to 1..4")
+        return
+    if p.temporal_frames is not None and p.temporal_frames > m:
+        raise ValueError(f"params.temporal_frames: {p.temporal_frames} is more than temporal.max_frames ({m})")
+    if cfg.pipeline.acceleration not in ("none", "auto"):
+        raise ValueError(f"temporal.max_frames: the cached-attention bank runs in the eager PyTorch U-Net "
+                         f"(acceleration none, or auto which then runs none), not with {cfg.pipeline.acceleration!r}; "
+                         "set it to 0 or change pipeline.acceleration")
 
 
 def _default_source():

@@ -125,6 +125,7 @@ class Daemon:
             cfg_type=p.cfg, guidance_scale=params.guidance, delta=params.delta, seed=params.seed,
             add_noise=p.add_noise, filter_threshold=params.filter_threshold, filter_max_skip=p.filter_max_skip,
             smoothing=params.smoothing,
+            **self._temporal_settings(),
             denoising_batch=p.denoising_batch,
         )
         runner, choice = self._build_runner(components, len(steps))
@@ -136,15 +137,33 @@ class Daemon:
             components.info["device"], self.engine.pipeline.latency_frames,
         )
 
+    def _temporal_settings(self) -> dict[str, Any]:
+        """StreamSettings for the cached-attention bank and latent feedback (stream_core.temporal)."""
+        t, params = self.cfg.temporal, self.cfg.params
+        out: dict[str, Any] = {"latent_feedback": params.latent_feedback, "temporal_max_frames": t.max_frames}
+        if t.max_frames:
+            out.update(
+                temporal_cache=True if params.temporal_cache is None else params.temporal_cache,
+                temporal_frames=params.temporal_frames, temporal_interval=params.temporal_interval,
+                temporal_injection=params.temporal_injection,
+            )
+        return out
+
     def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
         """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
         from stream_core.accel.auto import runner_for
         from stream_core.accel.errors import AccelError
 
         p = self.cfg.pipeline
+        acceleration = p.acceleration
+        if self.cfg.temporal.max_frames and acceleration == "auto":
+            # the bank lives in the PyTorch U-Net's attention processors: auto may not pick an engine
+            log.info("temporal.max_frames %d: acceleration auto runs the PyTorch U-Net (none)",
+                     self.cfg.temporal.max_frames)
+            acceleration = "none"
         try:
             return runner_for(
-                components, p.acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
+                components, acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
                 frame_buffer=p.frame_buffer, cfg_type=p.cfg, allow_build=p.allow_build,
                 cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
                 denoising_batch=p.denoising_batch,

@@ -47,11 +47,14 @@ from bridge.prompt_cache import PromptCache
 from bridge.runtime.throttle import LogThrottle
 from bridge.tempo import InternalClock, TapTempo, TempoClock, bar_phase, next_boundary
 from stream_core.pipeline import MAX_SMOOTHING, StreamPipeline
+from stream_core.temporal import MAX_LATENT_FEEDBACK
 
 log = logging.getLogger("streambridge.live")
 
 PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_a", "prompt_b")
-MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing")
+MORPH_FLOATS = ("guidance", "delta", "strength", "prompt_mix", "smoothing", "temporal_injection", "latent_feedback")
+# temporal settings the pipeline applies (it refuses them when it has no bank; see _set_temporal)
+TEMPORAL_KEYS = ("temporal_cache", "temporal_frames", "temporal_interval", "temporal_injection", "latent_feedback")
 NOISE_KEYS = ("seed", "seed_b", "seed_mix")  # together they make the stream's noise
 FAILURE_LOG_INTERVAL_S = 5.0
 BEAT_EPS = 1e-9  # beats: a tick this close before a boundary is on it (float rounding of the clock)
@@ -131,6 +134,7 @@ class LiveController:
         self.values: dict[str, Any] = default_values()
         if initial:
             self.values.update(initial)
+        self.values.update(temporal_values(pipeline))
         self.current_preset: str | None = None
         self._morph: _Morph | None = None
         self._pending_recall: tuple[str, Preset, str] | None = None
@@ -271,6 +275,8 @@ class LiveController:
                 self._morph_drop(name)
             if self.values.get(name) == value:
                 continue
+            if name in TEMPORAL_KEYS and not self._set_temporal(name, value):
+                continue
             self.values[name] = value
             changed[name] = value
             if name in PROMPT_KEYS:
@@ -296,6 +302,23 @@ class LiveController:
             # bypass, mix, transition(_beats) are read by the render loop / recalls
         if changed:
             self._feedback(changed)
+
+    def _set_temporal(self, name: str, value: Any) -> bool:
+        """Apply one temporal setting; False (reported to the sender, nothing changed) when the
+        pipeline refuses it (no bank built, more frames than the bank holds)."""
+        setter = {
+            "temporal_cache": self.pipeline.set_temporal_cache,
+            "temporal_frames": self.pipeline.set_temporal_frames,
+            "temporal_interval": self.pipeline.set_temporal_interval,
+            "temporal_injection": self.pipeline.set_temporal_injection,
+            "latent_feedback": self.pipeline.set_latent_feedback,
+        }[name]
+        try:
+            setter(value)
+        except ValueError as exc:  # RebuildRequired is a ValueError
+            self._error(PARAMS[name].address, str(exc))
+            return False
+        return True
 
     def _texts_for(self, preset: Preset) -> list[str]:
         return [t for t in preset.prompt_texts() if t]
@@ -482,6 +505,10 @@ class LiveController:
             self.pipeline.set_delta(v)
         elif name == "smoothing":
             self.pipeline.set_smoothing(min(MAX_SMOOTHING, max(0.0, v)))
+        elif name == "latent_feedback":
+            self.pipeline.set_latent_feedback(min(MAX_LATENT_FEEDBACK, max(0.0, v)))
+        elif name == "temporal_injection" and getattr(self.pipeline, "temporal", None) is not None:
+            self.pipeline.set_temporal_injection(min(1.0, max(0.0, v)))
         # prompt_mix is folded into the embeddings' morph
 
     def _finish_morph(self) -> None:
@@ -736,6 +763,16 @@ class LiveController:
             log.info("stopping: %d queued control command(s) not applied", dropped)
         if self.saver is not None:
             self.saver.close()
+
+
+def temporal_values(pipeline: Any) -> dict[str, Any]:
+    """The temporal settings the pipeline was built with (the bank resolves unset ones)."""
+    out: dict[str, Any] = {"latent_feedback": float(getattr(pipeline, "latent_feedback", 0.0))}
+    bank = getattr(pipeline, "temporal", None)
+    if bank is not None:
+        out.update(temporal_cache=bank.cache, temporal_frames=bank.frames, temporal_interval=bank.interval,
+                   temporal_injection=bank.injection)
+    return out
 
 
 def merge_initial(params: dict[str, Any]) -> dict[str, Any]:

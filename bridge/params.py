@@ -107,6 +107,27 @@ PARAMS: dict[str, ParamSpec] = {
             "bpm", "/sd/tempo/bpm", float, 120.0, 20.0, 999.0,
             doc="tempo in beats per minute (with Ableton Link: the session's)", control=(60.0, 180.0),
         ),
+        # temporal consistency (stream_core.temporal); the bank's size is temporal.max_frames (cold)
+        ParamSpec(
+            "temporal_cache", "/sd/temporal/cache", bool, False,
+            doc="cached attention: attend to the last frames' keys/values (needs temporal.max_frames > 0)",
+        ),
+        ParamSpec(
+            "temporal_frames", "/sd/temporal/frames", int, 1, 1, 4,
+            doc="cached frames read, newest first (1..temporal.max_frames)",
+        ),
+        ParamSpec(
+            "temporal_interval", "/sd/temporal/interval", int, 1, 1, 64,
+            doc="refresh the cache every N processed frames", control=(1, 8),
+        ),
+        ParamSpec(
+            "temporal_injection", "/sd/temporal/injection", float, 0.0, 0.0, 1.0,
+            doc="feature injection: pull attention outputs toward their nearest cached feature (0 off)",
+        ),
+        ParamSpec(
+            "latent_feedback", "/sd/feedback", float, 0.0, 0.0, 0.9,
+            doc="share of the previous output latent mixed into the next input latent (0 off)",
+        ),
     ]
 }
 

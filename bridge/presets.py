@@ -56,6 +56,11 @@ HOT_FIELDS: tuple[str, ...] = (
     "seed_mix",
     "filter_threshold",
     "smoothing",
+    "temporal_cache",
+    "temporal_frames",
+    "temporal_interval",
+    "temporal_injection",
+    "latent_feedback",
     "mix",
     "transition",
     "transition_beats",
@@ -90,6 +95,8 @@ def _hot(name: str) -> Any:
     if spec.kind is str:
         kwargs["max_length"] = MAX_PROMPT_CHARS
         rng = f"text, up to {MAX_PROMPT_CHARS} characters"
+    elif spec.kind is bool:
+        rng = "true/false"
     else:
         kwargs["ge"] = spec.lo
         kwargs["le"] = spec.hi
@@ -195,6 +202,11 @@ class Preset(BaseModel):
     seed_mix: float | None = _hot("seed_mix")
     filter_threshold: float | None = _hot("filter_threshold")
     smoothing: float | None = _hot("smoothing")
+    temporal_cache: bool | None = _hot("temporal_cache")
+    temporal_frames: int | None = _hot("temporal_frames")
+    temporal_interval: int | None = _hot("temporal_interval")
+    temporal_injection: float | None = _hot("temporal_injection")
+    latent_feedback: float | None = _hot("latent_feedback")
     mix: float | None = _hot("mix")
     transition: float | None = _hot("transition")
     transition_beats: float | None = _hot("transition_beats")

@@ -35,6 +35,7 @@ from stream_core.schedule import (
     strength_to_t_index_list,
 )
 from stream_core.similarity import SimilarityFilter
+from stream_core.temporal import TemporalBank, check_latent_feedback, check_max_frames
 
 CfgType = Literal["none", "full", "self", "initialize"]
 CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
@@ -66,6 +67,17 @@ class StreamSettings:
     denoising_batch: bool = True
     latent_channels: int = 4
     vae_scale: int = 8
+    # temporal consistency (stream_core.temporal): the built size of the cached-attention bank
+    # (0: no bank, the U-Net runs untouched), and its live settings
+    temporal_max_frames: int = 0
+    temporal_cache: bool = True
+    temporal_frames: int | None = None  # None: the built maximum
+    temporal_interval: int = 1
+    temporal_injection: float = 0.0
+    # graph-safe bank: no Python branch on live settings (captured graphs, torch.compile, export)
+    temporal_static: bool = False
+    # share of the previous output latent mixed into each new input latent before noising (0 off)
+    latent_feedback: float = 0.0
 
     def check(self) -> None:
         """Validate everything up front, naming the bad value."""
@@ -82,6 +94,8 @@ class StreamSettings:
         _check_float("delta", self.delta)
         _check_smoothing(self.smoothing)
         _check_seed(self.seed)
+        check_max_frames(self.temporal_max_frames)
+        check_latent_feedback(self.latent_feedback)
 
 
 def _check_float(name: str, v: Any) -> float:
@@ -207,6 +221,7 @@ class StreamPipeline:
         )
         self.t_index_list: tuple[int, ...] = tuple(settings.t_index_list)
         self._set_scalars(self.t_index_list)
+        self._init_temporal()
 
     # ------------------------------------------------------------------ shapes
     @staticmethod
@@ -453,6 +468,7 @@ class StreamPipeline:
         self._has_smooth_prev = False
         self._wrap.zero_()
         self.filter.reset()
+        self._reset_temporal()
 
     # ------------------------------------------------------------------ internals
     def _make_scalar_table(self) -> dict[str, torch.Tensor]:
@@ -504,11 +520,13 @@ class StreamPipeline:
         t = self._t_rows[rows]
         u0 = self._uncond_rows
         text = self._text_batch[u0 - uncond : u0 + rows.stop - rows.start]
+        self._temporal_call(rows, uncond)
         if uncond:
             eps = self.runner.unet(torch.cat([x[:uncond], x]), torch.cat([t[:uncond], t]), text)
             eu, ec = eps[:uncond], eps[uncond:]
         else:
             eu, ec = None, self.runner.unet(x, t, text)
+        self._temporal_call_done()
         if cfg == "full":
             e = eu + self._g * (ec - eu)
         elif cfg in ("self", "initialize"):
@@ -586,6 +604,7 @@ class StreamPipeline:
         f = self.f
         if z is None:  # txt2img: start from the noise itself
             return self._noise_rows[:f].clone()
+        z = self._feed_back(z)
         return self._alpha[:f] * z + self._beta[:f] * self._noise_rows[:f]
 
     # ------------------------------------------------------------------ calls
@@ -593,6 +612,7 @@ class StreamPipeline:
         """The step maths of one call: encoded latents ``z`` (``(f, C, h, w)``, or ``None`` for
         txt2img) in, output latents (smoothed) out; primes the stream on its first call."""
         x0 = self._initial_latents(z)
+        self._temporal_frame()
         if not self.settings.denoising_batch:
             out_latents = self._sequential(x0)
         else:
@@ -602,6 +622,7 @@ class StreamPipeline:
                 for _ in range(self.n - 1):
                     self._stream_step(x0)
             out_latents = self._stream_step(x0)
+        self._temporal_frame_done(out_latents)
         self._primed = True
         return self._smooth(out_latents)
 
@@ -653,3 +674,91 @@ class StreamPipeline:
 
     def txt2img(self) -> torch.Tensor:
         return self(None)
+
+    # ------------------------------------------------------------------ temporal consistency
+    # Cached attention and feature injection live in stream_core.temporal (a bank installed as the
+    # U-Net's self-attention processors); latent feedback is here. These hooks are the whole of
+    # the pipeline's part: set up, per frame, per U-Net call, reset, live setters.
+    def _init_temporal(self) -> None:
+        s = self.settings
+        dev, dt = self.device, self.dtype
+        c, h, w = self.latent_shape
+        self._feedback = torch.zeros((), device=dev, dtype=dt)
+        self._fb_prev = torch.zeros((1, c, h, w), device=dev, dtype=dt)
+        self._has_fb_prev = False
+        self.set_latent_feedback(s.latent_feedback)
+        self.temporal: TemporalBank | None = None
+        if s.temporal_max_frames:
+            self.temporal = TemporalBank(
+                _unet_module(self.runner), self.n * self.f, (h, w), s.temporal_max_frames, dev, dt,
+                cache=s.temporal_cache, frames=s.temporal_frames, interval=s.temporal_interval,
+                injection=s.temporal_injection, static=s.temporal_static,
+            )
+
+    def _reset_temporal(self) -> None:
+        self._has_fb_prev = False
+        if self.temporal is not None:
+            self.temporal.reset()
+
+    def _feed_back(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent feedback: z <- z + fb * (previous output latent - z); exact z at fb = 0."""
+        if not self._has_fb_prev:
+            return z
+        return z + self._feedback * (self._fb_prev - z)
+
+    def _temporal_frame(self) -> None:
+        if self.temporal is not None:
+            self.temporal.begin_frame(fill=not self._primed)
+
+    def _temporal_frame_done(self, out_latents: torch.Tensor) -> None:
+        self._fb_prev.copy_(out_latents[-1:])
+        self._has_fb_prev = True
+        if self.temporal is not None:
+            self.temporal.end_frame()
+
+    def _temporal_call(self, rows: slice, uncond: int) -> None:
+        if self.temporal is not None:
+            self.temporal.begin_call(rows.start, rows.stop - rows.start, uncond)
+
+    def _temporal_call_done(self) -> None:
+        if self.temporal is not None:
+            self.temporal.end_call()
+
+    def set_latent_feedback(self, feedback: float) -> None:
+        """Share (0..0.9) of the previous output latent mixed into the next input latent."""
+        self.latent_feedback = check_latent_feedback(feedback)
+        self._feedback.fill_(self.latent_feedback)
+
+    def _bank(self, what: str) -> TemporalBank:
+        if self.temporal is None:
+            raise RebuildRequired(
+                f"{what}: the pipeline was built without a temporal bank (temporal max_frames 0); "
+                "set temporal.max_frames (1..4) and restart"
+            )
+        return self.temporal
+
+    def set_temporal_cache(self, on: bool) -> None:
+        self._bank("temporal cache").set_cache(on)
+
+    def set_temporal_frames(self, frames: int) -> None:
+        self._bank("temporal frames").set_frames(frames)
+
+    def set_temporal_interval(self, interval: int) -> None:
+        self._bank("temporal interval").set_interval(interval)
+
+    def set_temporal_injection(self, strength: float) -> None:
+        self._bank("temporal injection").set_injection(strength)
+
+
+def _unet_module(runner: Any) -> Any:
+    """The diffusers U-Net an eager runner executes; the bank installs its processors there.
+    Runners that captured, compiled or exported the U-Net before the bank existed (compile, ONNX
+    Runtime, TensorRT) would run it without the bank, so they are refused."""
+    for obj in (runner, getattr(runner, "inner", None)):
+        unet = getattr(obj, "unet_model", None)
+        if unet is not None and hasattr(unet, "set_attn_processor") and not hasattr(obj, "base"):
+            return unet
+    raise RebuildRequired(
+        f"the temporal bank needs the eager PyTorch U-Net (acceleration none); {type(runner).__name__} runs a "
+        "U-Net compiled or exported without it: set temporal.max_frames to 0 or use acceleration none"
+    )

@@ -31,8 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def pipeline_tensors(pipeline: Any) -> dict[str, torch.Tensor]:
-    """Every tensor the pipeline holds directly (its stream state), by attribute name."""
-    return {k: v for k, v in vars(pipeline).items() if isinstance(v, torch.Tensor)}
+    """Every tensor the pipeline holds directly (its stream state), by attribute name, and those
+    of its temporal bank (``temporal.<name>``) when it has one."""
+    out = {k: v for k, v in vars(pipeline).items() if isinstance(v, torch.Tensor)}
+    bank = getattr(pipeline, "temporal", None)
+    if bank is not None:
+        out.update({f"temporal.{k}": v for k, v in bank.tensors().items()})
+    return out
+
+
+def _tensor_at(pipeline: Any, name: str) -> Any:
+    if name.startswith("temporal."):
+        return pipeline.temporal.tensors().get(name[len("temporal."):])
+    return getattr(pipeline, name, None)
 
 
 @torch.inference_mode()
@@ -44,7 +55,7 @@ def snapshot(pipeline: Any) -> dict[str, torch.Tensor]:
 def restore(pipeline: Any, saved: dict[str, torch.Tensor]) -> None:
     """Write ``saved`` back into the pipeline's tensors, in place (their addresses stay)."""
     for k, v in saved.items():
-        cur = getattr(pipeline, k, None)
+        cur = _tensor_at(pipeline, k)
         if isinstance(cur, torch.Tensor) and cur.shape == v.shape:
             cur.copy_(v)
         else:
@@ -69,6 +80,8 @@ class FrameGraph:
                              "cuda_graphs=False (inductor kernels are captured inside the frame graph)")
         if not pipeline.settings.denoising_batch:
             raise ValueError("whole-frame capture runs the stream batch; denoising_batch: false is not captured")
+        if getattr(pipeline, "temporal", None) is not None:
+            pipeline.temporal.static = True  # a replay cannot take Python branches on live settings
         self.capture = capture
         self.warmup = warmup
         self.graph: Any = None

@@ -61,8 +61,9 @@ for spec in PARAMS.values():
             HAPPY += [
                 (a, [("i", mid)], [SetParams({spec.name: mid})]),
                 (a, [("h", int(spec.hi))], [SetParams({spec.name: int(spec.hi)})]),
-                (a, [("f", 42.0)], [SetParams({spec.name: 42})]),
-                (a, [("d", 7.0)], [SetParams({spec.name: 7})]),
+                # whole floats within the range (42 and 7 where the range allows them)
+                (a, [("f", float(min(42, spec.hi)))], [SetParams({spec.name: int(min(42, spec.hi))})]),
+                (a, [("d", float(min(7, spec.hi)))], [SetParams({spec.name: int(min(7, spec.hi))})]),
             ]
             BAD += [(a, [("f", 1.5)], "expected an integer"), (a, [("h", 2**40)], "outside")]
         else:

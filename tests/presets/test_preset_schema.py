@@ -72,6 +72,11 @@ def test_hot_field_bounds_come_from_params(name: str) -> None:
     if spec.kind is str:
         text = next(s for s in schema["anyOf"] if s.get("type") == "string")
         assert text["maxLength"] == MAX_PROMPT_CHARS
+    elif spec.kind is bool:
+        assert any(s.get("type") == "boolean" for s in schema["anyOf"])
+        Preset.model_validate({name: True})
+        with pytest.raises(ValueError):
+            Preset.model_validate({name: 2})
     else:
         assert number is not None
         assert number["minimum"] == spec.lo and number["maximum"] == spec.hi
