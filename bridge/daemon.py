@@ -26,7 +26,8 @@ from bridge.control.surface import SetParams
 from bridge.io.registry import create_sink, create_source, interrupt_opens
 from bridge.io.reporting import OpenErrorReport, ReportingSource
 from bridge.live import LiveController, merge_initial
-from bridge.presets import ColdSettings, PresetStore
+from bridge.params import live_params
+from bridge.presets import ColdSettings, ControlNetCold, PresetStore
 from bridge.prompt_cache import PromptCache
 from bridge.render_loop import RenderLoop
 from bridge.runtime.convert import Resizer
@@ -87,6 +88,9 @@ class Daemon:
         self.oscquery = None
         self.advertiser = None
         self.render: RenderLoop | None = None
+        self.controlnets: Any = None  # bridge.controlnet.ControlNetFeed when controlnets: are configured
+        # the live parameter table: the static one plus the configured ControlNets' knobs
+        self.params = live_params([c.preprocessor for c in cfg.controlnets])
         self._bypass = bool(cfg.params.bypass)  # set on OSC receipt, not on the render thread
         self._last_source_state = "connecting"  # for the clean-stream reset after a gap
         self._status_extra: dict[str, Any] = {"preset": ""}
@@ -112,8 +116,11 @@ class Daemon:
             loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
             allow_download=self.options.allow_download,
         )
+        cn_specs = self._controlnet_specs()
+        cn_kwargs: dict[str, Any] = {"controlnets": cn_specs} if cn_specs else {}
         try:
-            components = self.options.components if self.options.components is not None else load_components(spec)
+            components = (self.options.components if self.options.components is not None
+                          else load_components(spec, **cn_kwargs))
         except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         steps = tuple(p.steps)
@@ -128,12 +135,37 @@ class Daemon:
         )
         runner, choice = self._build_runner(components, len(steps))
         self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner,
-                                   acceleration_info=choice.as_dict())
+                                   acceleration_info=choice.as_dict(), **cn_kwargs)
         log.info(
             "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
             p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],
             components.info["device"], self.engine.pipeline.latency_frames,
         )
+
+    def _controlnet_specs(self) -> list[Any]:
+        """The config's ControlNets as the core's specs (empty: none configured)."""
+        if not self.cfg.controlnets:
+            return []
+        from stream_core.controlnet import ControlNetSpec
+
+        return [ControlNetSpec(model=c.model, scale=c.scale, preprocessor=c.preprocessor, enabled=c.enabled,
+                               depth_model=c.depth_model) for c in self.cfg.controlnets]
+
+    def _build_controlnets(self) -> None:
+        """The control frames' side: a feed with a source worker per second source (started with
+        the main source)."""
+        if not self.cfg.controlnets:
+            return
+        from functools import partial
+
+        from bridge.controlnet import ControlNetFeed, make_source_worker
+
+        def on_state(index: int, state: str, detail: str) -> None:
+            self._fb_queue.put(("status", {f"control/{index}/state": state}))
+
+        make = partial(make_source_worker, size=tuple(self.cfg.pipeline.size), resize=self.cfg.output.resize,
+                       on_state=on_state)
+        self.controlnets = ControlNetFeed(self.cfg.controlnets, tuple(self.cfg.pipeline.size), make_worker=make)
 
     def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
         """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
@@ -153,9 +185,13 @@ class Daemon:
 
     def _cold(self) -> ColdSettings:
         p, m = self.cfg.pipeline, self.cfg.model
+        from bridge.presets import source_key
+
         return ColdSettings(
             model=m.model, vae=m.vae, size=tuple(p.size), steps=len(p.steps), frame_buffer=p.frame_buffer,
             cfg=p.cfg, acceleration=p.acceleration,
+            controlnets=tuple(ControlNetCold(c.model, c.preprocessor, source_key(c.source))
+                              for c in self.cfg.controlnets),
         )
 
     def _build_control(self) -> None:
@@ -190,12 +226,18 @@ class Daemon:
             for name, reason in self.presets.errors().items():
                 log.warning("preset %s is not usable: %s", name, reason)
         params = self.cfg.params.model_dump()
+        if self.cfg.controlnets:
+            from bridge.controlnet import initial_values
+
+            params.update(initial_values(self.cfg.controlnets))
         if params.get("strength") is None:
             from stream_core.schedule import t_index_list_to_strength
 
             params["strength"] = round(t_index_list_to_strength(self.engine.pipeline.t_index_list), 4)
+        feed = self.controlnets
         self.controller = LiveController(
-            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
+            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params, self.params),
+            params=self.params, on_canny=feed.thresholds.set if feed is not None else (lambda i, lo, hi: None),
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
             status=self._set_status, max_presets=self.cfg.presets.max_count,
@@ -224,7 +266,8 @@ class Daemon:
 
         o = self.cfg.osc
         try:
-            self.feedback = FeedbackSender(o.feedback, ranges=o.ranges, status_hz=max(o.status_rate, 0.01))
+            self.feedback = FeedbackSender(o.feedback, ranges=o.ranges, status_hz=max(o.status_rate, 0.01),
+                                           params=self.params)
         except ValueError as exc:
             raise StartupError(f"osc.feedback: {exc}") from None
         if not (o.enabled and self.options.osc):
@@ -240,7 +283,7 @@ class Daemon:
 
         try:
             self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.submit, on_error=on_error,
-                                 allow=o.allow, surface=ControlSurface(o.ranges))
+                                 allow=o.allow, surface=ControlSurface(o.ranges, params=self.params))
             self.osc.start()
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot listen for OSC on {o.listen}: {exc}") from None
@@ -286,9 +329,12 @@ class Daemon:
             src_cfg.type, on_change=lambda reason: self._fb_queue.put(
                 ("status", {"source": self._source_state(), "source_error": reason})))
         make_source = ReportingSource.factory(lambda: create_source(src_cfg), self.source_report)
+        feed = self.controlnets
         self.source_worker = SourceWorker(make_source, resizer, self.frames_in, self.metrics,
                                           on_state=on_state, health=health, name=f"source:{src_cfg.type}",
-                                          previews=self.frames_preview)
+                                          previews=self.frames_preview,
+                                          derive=feed.derive_input if feed is not None and feed.needs_input_hook
+                                          else None)
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
         sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
         self.publisher = Publisher(
@@ -303,6 +349,7 @@ class Daemon:
             self.engine, self.controller, self.frames_in, self.frames_out, self.metrics,
             bypass=lambda: self._bypass, on_progress=self.publisher.note_render_progress,
             on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
+            controlnets=self.controlnets,
         )
 
     def start(self) -> None:
@@ -320,6 +367,7 @@ class Daemon:
         # OpenCV's pool busy-waits after every small call: more CPU per frame than it saves here
         cv2.setNumThreads(1)
         self._build_engine()
+        self._build_controlnets()
         self._build_control()
         self._build_osc()
         self._build_io()
@@ -331,6 +379,8 @@ class Daemon:
         render.start()
         fb.start()
         self.source_worker.start()
+        if self.controlnets is not None:
+            self.controlnets.start()
         log.info("StreamBridge running (start-up %.1f s)", time.perf_counter() - t0)
 
     def _build_status_page(self) -> None:
@@ -455,6 +505,7 @@ class Daemon:
             "preset": str(self._status_extra.get("preset", "")),
             "dropped": int(sum(snap["dropped"].values())),
             "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
+            **(self.controlnets.status() if self.controlnets is not None else {}),
         }
 
     def _source_state(self) -> str:
@@ -484,6 +535,8 @@ class Daemon:
             out["acceleration"] = self.engine.acceleration_info
         if self.controller is not None:
             out["params"] = self.controller.snapshot()
+        if self.controlnets is not None:
+            out["controlnets"] = self.controlnets.details()
         return out
 
     # ------------------------------------------------------------------ stop
@@ -507,6 +560,9 @@ class Daemon:
             interrupt_opens()  # a source still looking for its sender gives up now
             if not self.source_worker.stop(timeout=2.0):
                 self.abandoned.append(self.source_worker.name)
+        if self.controlnets is not None:
+            interrupt_opens()  # a control source still looking for its sender gives up now
+            self.abandoned += self.controlnets.stop(timeout=2.0)
         self._stop.set()
         self.frames_in.close()
         for t in self._threads:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from bridge.control.surface import (
     SetParams,
     StepPreset,
 )
-from bridge.params import PARAMS, default_values
+from bridge.params import PARAMS, ParamSpec, default_values
 from bridge.presets import DEFAULT_MAX_PRESETS, ColdSettings, Preset, PresetSaver, PresetStore
 from bridge.prompt_cache import PromptCache
 from bridge.runtime.throttle import LogThrottle
@@ -86,6 +86,8 @@ class LiveController:
         max_queued: int = DEFAULT_MAX_ENTRIES,
         max_per_tick: int = DEFAULT_MAX_PER_TICK,
         max_presets: int = DEFAULT_MAX_PRESETS,
+        params: Mapping[str, ParamSpec] | None = None,
+        on_canny: Callable[[int, float, float], None] = lambda index, low, high: None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
@@ -100,8 +102,21 @@ class LiveController:
         self.inbox = ControlInbox(max_queued, max_per_tick, on_refused=self._error)
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.values: dict[str, Any] = default_values()
+        # the ControlNets' parameters (controlnet_<i>_scale, ...): they depend on the config
+        self.params: Mapping[str, ParamSpec] = PARAMS if params is None else params
+        self._cn_count = len({n.split("_")[1] for n in self.params if n.startswith("controlnet_")})
+        for name, spec in self.params.items():
+            self.values.setdefault(name, spec.default)
         if initial:
             self.values.update(initial)
+        self._morph_floats: tuple[str, ...] = MORPH_FLOATS + tuple(
+            f"controlnet_{i}_scale" for i in range(self._cn_count))
+        # per ControlNet: the scale the controller drives (a morph moves it), the loss factor the
+        # render loop reports (bridge.controlnet) and what the pipeline was last given
+        self._cn_scale = [float(self.values[f"controlnet_{i}_scale"]) for i in range(self._cn_count)]
+        self._cn_gain = [1.0] * self._cn_count
+        self._cn_applied: list[tuple[float, bool] | None] = [None] * self._cn_count
+        self._on_canny = on_canny
         self.current_preset: str | None = None
         self._morph: _Morph | None = None
         self._pending_recall: tuple[str, Preset, str] | None = None
@@ -114,6 +129,35 @@ class LiveController:
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S, clock)  # control failures: one line per few s
         # noise follows seed/seed_b/seed_mix once per tick (a fader may send several per frame)
         self._noise_dirty = self.values["seed_mix"] > 0
+        for i in range(self._cn_count):
+            self._apply_controlnet(i)
+
+    # ------------------------------------------------------------------ ControlNets
+    def set_controlnet_gains(self, gains: list[float]) -> None:
+        """The loss factors of the ControlNets (render thread; see :class:`bridge.controlnet.
+        ControlNetFeed`): each scale the pipeline gets is the live scale times its factor."""
+        for i, g in enumerate(gains[: self._cn_count]):
+            if g != self._cn_gain[i]:
+                self._cn_gain[i] = float(g)
+                self._apply_controlnet(i)
+
+    def _apply_controlnet(self, i: int) -> None:
+        """Give the pipeline ControlNet ``i``'s effective scale and switch, when they changed."""
+        scale = self._cn_scale[i] * self._cn_gain[i]
+        scale = scale if scale > 0.0 else 0.0
+        enabled = bool(self.values[f"controlnet_{i}_enabled"])
+        want = (scale, enabled)
+        if self._cn_applied[i] == want:
+            return
+        self.pipeline.set_controlnet(i, scale=scale, enabled=enabled)
+        self._cn_applied[i] = want
+
+    @staticmethod
+    def _controlnet_knob(name: str) -> tuple[int, str] | None:
+        if not name.startswith("controlnet_"):
+            return None
+        _, index, knob = name.split("_", 2)
+        return int(index), knob
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the live values, safe to take from another thread (the copy is one C call
@@ -219,6 +263,16 @@ class LiveController:
                 self.pipeline.set_filter(value)
             elif name == "smoothing":
                 self.pipeline.set_smoothing(value)
+            elif (knob := self._controlnet_knob(name)) is not None:
+                i, what = knob
+                if what == "scale":
+                    self._cn_scale[i] = float(value)
+                    self._apply_controlnet(i)
+                elif what == "enabled":
+                    self._apply_controlnet(i)
+                else:  # canny thresholds: the workers making edge images read them
+                    self._on_canny(i, float(self.values[f"controlnet_{i}_canny_low"]),
+                                   float(self.values[f"controlnet_{i}_canny_high"]))
             # bypass, mix, transition are read by the render loop / recalls
         if changed:
             self._feedback(changed)
@@ -261,6 +315,7 @@ class LiveController:
 
     def _start_recall_unguarded(self, name: str, preset: Preset, now: float, origin: str) -> None:
         hot = preset.hot_values()
+        hot.update(preset.controlnet_values())
         target = dict(self.values)
         target.update(hot)
         duration = float(hot.get("transition", self.values["transition"]))
@@ -285,12 +340,13 @@ class LiveController:
         )
         self.current_preset = name
         self._status("preset", name)
-        cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k not in NOISE_KEYS}
+        cut = {k: v for k, v in target.items()
+               if k not in self._morph_floats and k not in PROMPT_KEYS and k not in NOISE_KEYS}
         self._set_params({k: v for k, v in cut.items() if self.values.get(k) != v})
         self._morph = _Morph(
             t0=now, duration=duration, preset=name, origin=origin,
-            start={k: float(self.values[k]) for k in MORPH_FLOATS},
-            target={k: float(target[k]) for k in MORPH_FLOATS},
+            start={k: float(self.values[k]) for k in self._morph_floats},
+            target={k: float(target[k]) for k in self._morph_floats},
             target_noise={k: target[k] for k in NOISE_KEYS} if noise_changes else None,
             target_texts={k: target[k] for k in PROMPT_KEYS},
             conditioning=conditioning is not None,
@@ -322,7 +378,7 @@ class LiveController:
         """After a transition was cut short: put the pipeline back on the live values (what the
         feedback last reported); noise and conditioning follow on this tick."""
         self._noise_dirty = self._conditioning_dirty = True
-        for k in MORPH_FLOATS:
+        for k in self._morph_floats:
             try:
                 self._apply_float(k, float(self.values[k]))
             except Exception:
@@ -365,6 +421,10 @@ class LiveController:
             self.pipeline.set_delta(v)
         elif name == "smoothing":
             self.pipeline.set_smoothing(min(MAX_SMOOTHING, max(0.0, v)))
+        elif name.startswith("controlnet_"):  # a ControlNet's scale
+            i = int(name.split("_")[1])
+            self._cn_scale[i] = min(2.0, max(0.0, v))
+            self._apply_controlnet(i)
         # prompt_mix is folded into the embeddings' morph
 
     def _finish_morph(self) -> None:
@@ -458,8 +518,11 @@ class LiveController:
             self._error("/sd/preset/save", "no preset folder configured")
             return
         hot = {k: v for k, v in (self.values if values is None else values).items() if k not in ("bypass",)}
+        data = {k: v for k, v in hot.items() if k in Preset.model_fields}
+        if self._cn_count:
+            data["controlnets"] = controlnet_entries(hot, self._cn_count)
         try:
-            preset = Preset.model_validate({k: v for k, v in hot.items() if k in Preset.model_fields})
+            preset = Preset.model_validate(data)
         except Exception as exc:
             reason = f"preset '{name}' not saved: {str(exc).splitlines()[0]}"
             log.warning("%s", reason)
@@ -489,6 +552,7 @@ class LiveController:
                 found = self._resolve(cmd.ref)
                 if found is not None and not found[1].cold_conflicts(self.cold):
                     values.update(found[1].hot_values())  # a save after it records the preset
+                    values.update(found[1].controlnet_values())
                 dropped += 1
             else:
                 dropped += 1
@@ -498,11 +562,26 @@ class LiveController:
             self.saver.close()
 
 
-def merge_initial(params: dict[str, Any]) -> dict[str, Any]:
+def merge_initial(params: dict[str, Any], table: Mapping[str, ParamSpec] | None = None) -> dict[str, Any]:
     """Initial values from the config, checked against the parameter table."""
+    table = PARAMS if table is None else table
     out = {}
     for k, v in params.items():
         if v is None:
             continue
-        out[k] = PARAMS[k].check(v)
+        out[k] = table[k].check(v)
+    return out
+
+
+def controlnet_entries(values: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
+    """The ``controlnets:`` list of a preset from flat live values (``controlnet_<i>_<knob>``)."""
+    out = []
+    for i in range(count):
+        entry: dict[str, Any] = {}
+        for knob in ("scale", "enabled"):
+            if f"controlnet_{i}_{knob}" in values:
+                entry[knob] = values[f"controlnet_{i}_{knob}"]
+        if f"controlnet_{i}_canny_low" in values:
+            entry["canny"] = {"low": values[f"controlnet_{i}_canny_low"], "high": values[f"controlnet_{i}_canny_high"]}
+        out.append(entry)
     return out
