@@ -17,7 +17,6 @@ from bridge.runtime.packet import FramePacket
 from tests.controlnet.test_feed import FakeWorker, H, W
 
 
-
 class Engine:
     def __init__(self, f: int) -> None:
         self.settings = SimpleNamespace(frame_buffer_size=f)
