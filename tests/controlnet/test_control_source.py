@@ -15,7 +15,7 @@ from tests.daemon.conftest import wait_until
 
 pytest.importorskip("NDIlib", reason="ndi-python is not installed (pip install streambridge[ndi])")
 
-from tests.daemon.test_ndi_e2e import RawSender  # noqa: E402
+from tests.daemon.test_ndi_e2e import RawSender
 
 W, H = 48, 32
 
