@@ -116,11 +116,15 @@ class Daemon:
             loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
             allow_download=self.options.allow_download,
         )
-        cn_specs = self._controlnet_specs()
-        cn_kwargs: dict[str, Any] = {"controlnets": cn_specs} if cn_specs else {}
+        from stream_core.controlnet import ControlNetSpec
+        from stream_core.models import with_controlnets
+
+        cn_specs = [ControlNetSpec(c.model, c.scale, c.preprocessor, getattr(c, "enabled", True),
+                                   getattr(c, "depth_model", None)) for c in getattr(self.cfg, "controlnets", None) or ()]
         try:
-            components = (self.options.components if self.options.components is not None
-                          else load_components(spec, **cn_kwargs))
+            components = self.options.components if self.options.components is not None else load_components(spec)
+            if cn_specs or components.controlnets:
+                components = with_controlnets(components, cn_specs, allow_download=self.options.allow_download)
         except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         steps = tuple(p.steps)
@@ -135,21 +139,12 @@ class Daemon:
         )
         runner, choice = self._build_runner(components, len(steps))
         self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner,
-                                   acceleration_info=choice.as_dict(), **cn_kwargs)
+                                   acceleration_info=choice.as_dict(), controlnets=cn_specs)
         log.info(
             "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
             p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],
             components.info["device"], self.engine.pipeline.latency_frames,
         )
-
-    def _controlnet_specs(self) -> list[Any]:
-        """The config's ControlNets as the core's specs (empty: none configured)."""
-        if not self.cfg.controlnets:
-            return []
-        from stream_core.controlnet import ControlNetSpec
-
-        return [ControlNetSpec(model=c.model, scale=c.scale, preprocessor=c.preprocessor, enabled=c.enabled,
-                               depth_model=c.depth_model) for c in self.cfg.controlnets]
 
     def _build_controlnets(self) -> None:
         """The control frames' side: a feed with a source worker per second source (started with
