@@ -229,7 +229,7 @@ class ControlNetConfig(_Strict):
                              "folder or hub id (e.g. depth-anything/Depth-Anything-V2-Small-hf)")
         if self.preprocessor != "depth" and self.depth_model:
             raise ValueError(f"depth_model is only used by preprocessor depth (this one is {self.preprocessor})")
-        if "canny" in self.model_fields_set and self.preprocessor != "canny":
+        if self.preprocessor != "canny" and self.canny != CannyConfig():
             raise ValueError(f"canny thresholds are only used by preprocessor canny (this one is {self.preprocessor})")
         if self.on_loss == "fade" and self.source == "input":
             raise ValueError("on_loss: fade is for a second control source; with source: input the control "

@@ -159,3 +159,14 @@ controlnets:
     if sys.platform != "darwin":
         assert f"{path}:7: key 'controlnets.2.source'" in text and "macOS" in text
     assert "controlnets.0" not in text  # the folder with its config.json is fine
+
+
+def test_command_line_overrides_keep_the_controlnets() -> None:
+    from bridge.config import apply_overrides
+
+    cfg = DaemonConfig.model_validate({"controlnets": [
+        {"model": "m", "source": "ndi:TD Depth", "on_loss": "fade"},
+        {"model": "c", "preprocessor": "canny", "canny": {"low": 5, "high": 9}},
+    ]})
+    again = apply_overrides(cfg, {"pipeline.size": "256x256"})
+    assert again.controlnets == cfg.controlnets and again.pipeline.size == (256, 256)
