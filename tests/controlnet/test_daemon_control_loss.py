@@ -16,7 +16,7 @@ from tests.daemon.conftest import daemon_config, wait_until
 
 pytest.importorskip("NDIlib", reason="ndi-python is not installed (pip install streambridge[ndi])")
 
-from tests.daemon.test_ndi_e2e import RawSender  # noqa: E402
+from tests.daemon.test_ndi_e2e import RawSender
 
 
 def test_control_source_loss_fades_or_holds_and_never_stops_the_output(
