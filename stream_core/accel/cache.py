@@ -307,8 +307,8 @@ class EngineKey:
         if self.component not in COMPONENTS + CONTROL_COMPONENTS:
             raise ValueError(f"component should be one of {', '.join(COMPONENTS + CONTROL_COMPONENTS)} "
                              f"but is {self.component!r}")
-        if (self.component == "controlnet") != (self.controlnet is not None):
-            raise ValueError("a controlnet key (and only one) names its ControlNet's weights")
+        if self.component == "controlnet" and self.controlnet is None:
+            raise ValueError("a controlnet key names its ControlNet's weights")
 
     def fields(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

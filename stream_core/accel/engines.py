@@ -208,6 +208,8 @@ def build_command(components: Any, backend: str, shape: StreamShape, cache_dir: 
         cmd.append(f"--lcm-lora {info.get('lcm_lora') or 'none'}")
         for src, scale in info.get("loras") or ():
             cmd.append(f"--lora {src}:{scale:g}")
+    for cn_model, _pre in info.get("controlnets") or ():
+        cmd.append(f"--controlnet {cn_model}")
     device_type = getattr(components, "device", torch.device("cpu")).type
     if backend == "onnxruntime" and device_type == "cuda":
         cmd.append("--device cuda")
