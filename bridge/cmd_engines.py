@@ -325,7 +325,7 @@ def _check_backend(backend: str, device: str) -> None:
 def _row(st: Any) -> list[str]:
     f = st.fields
     size = f"{f['width']}x{f['height']}" if f.get("width") else "-"
-    if f.get("component") == "unet":
+    if f.get("component") in ("unet", "unet_res", "controlnet"):
         batch = f"{f.get('batch')} (n{f.get('steps')} f{f.get('frame_buffer')} {f.get('cfg_type')})"
     else:
         batch = str(f.get("batch", "-"))
