@@ -152,3 +152,27 @@ def test_frame_graph_body_keys_on_the_active_controlnets(cn_components, embeds):
         assert torch.equal(packed, pack_rgb(ref(x * 2 - 1, [c, None])))
         assert fg._key == pipe.controlnet_active
     assert fg._key == (0,)
+
+
+def test_gpu_bench_controlnet_mode_runs_on_the_cpu(tmp_path):
+    """bench/gpu.py's ControlNet mode must not rot between GPU sessions (tiny arch, 64 px, CPU)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("bench_gpu_cn", root / "bench" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    saved = []
+    report = gpu.controlnet_bench("cpu", arch="tiny", size=64, variants=("eager", "graphs"), budget_s=120,
+                                  timing={"warmup": 1, "frames": 1, "rounds": 1},
+                                  save=lambda r: saved.append(json.dumps(r, default=str)))
+    rows = {(r["scenario"], r["variant"]): r for r in report["results"]}
+    assert set(rows) == {(s, v) for s in gpu.CN_SCENARIOS for v in ("eager", "graphs")}
+    for scen in gpu.CN_SCENARIOS:
+        eager = rows[(scen, "eager")]
+        assert eager["fps_plain"] > 0 and eager["fps_controlnet"] > 0
+        assert eager["cost_ratio"] == pytest.approx(eager["ms_controlnet"] / eager["ms_plain"], rel=1e-2)
+        assert rows[(scen, "graphs")]["skipped"] == "graphs needs CUDA"
+    assert report["controlnet_params"] > 0 and len(saved) == 2
