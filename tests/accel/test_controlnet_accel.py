@@ -176,3 +176,41 @@ def test_gpu_bench_controlnet_mode_runs_on_the_cpu(tmp_path):
         assert eager["cost_ratio"] == pytest.approx(eager["ms_controlnet"] / eager["ms_plain"], rel=1e-2)
         assert rows[(scen, "graphs")]["skipped"] == "graphs needs CUDA"
     assert report["controlnet_params"] > 0 and len(saved) == 2
+
+
+def test_tensorrt_graphs_with_a_controlnet_match_torch(one_cn, embeds, tmp_path, monkeypatch):
+    """The TensorRT runner's side (engines with many outputs bound once, the residual U-Net) against
+    FakeTensorRT (tests/accel/fake_tensorrt.py: the TensorRT API over onnxruntime) on the CPU."""
+    pytest.importorskip("onnxruntime")
+    import sys
+    import types
+
+    from stream_core.accel import AccelOptions, StreamShape, build_engines
+    from stream_core.accel import tensorrt_backend as trt_backend
+    from stream_core.accel.graph_runner import GraphRunner
+    from tests.accel.fake_tensorrt import FakeTensorRT
+
+    shape = StreamShape.for_stream(SIZE, SIZE, STEPS, 1, "self")
+    done = build_engines(one_cn, "onnxruntime", shape, tmp_path, which=("unet", "vae_enc", "vae_dec"),
+                         options=AccelOptions(exporter="torchscript"))
+    onnx = {e.key.component: e.main for e, _ in done}
+    assert set(onnx) == {"unet", "vae_enc", "vae_dec", "controlnet", "unet_res"}
+    fake = FakeTensorRT(version=11)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_backend, "require_cuda", lambda *a: torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (40 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: types.SimpleNamespace(cuda_stream=7))
+    graphs = {c: trt_backend.TrtGraph(trt_backend.build_engine(p, label=f"TensorRT {c}"), name=c,
+                                      use_cuda_graph=False) for c, p in onnx.items()}
+    assert set(graphs["controlnet"].outputs) == {f"res_{i}" for i in range(len(graphs["controlnet"].outputs))}
+    runner = GraphRunner(graphs["unet"], graphs["vae_enc"], graphs["vae_dec"], device=torch.device("cpu"),
+                         dtype=torch.float32, backend="tensorrt", controlnets=[graphs["controlnet"]],
+                         unet_res=graphs["unet_res"])
+    units = one_cn.controlnets
+    ref = _pipe(TorchRunner(one_cn.unet, one_cn.vae, [u.model for u in units]), one_cn, embeds, "self", units)
+    pipe = _pipe(runner, one_cn, embeds, "self", units)
+    for k, (x, c) in enumerate(zip(_clip(3, 7), _clip(3, 8), strict=True)):
+        if k == 1:
+            for p in (ref, pipe):
+                p.set_controlnet(0, scale=1.4)
+        torch.testing.assert_close(pipe(x * 2 - 1, [c]), ref(x * 2 - 1, [c]), atol=1e-4, rtol=0)
