@@ -123,7 +123,7 @@ class Daemon:
                                    getattr(c, "depth_model", None)) for c in getattr(self.cfg, "controlnets", None) or ()]
         try:
             components = self.options.components if self.options.components is not None else load_components(spec)
-            if cn_specs or components.controlnets:
+            if cn_specs or getattr(components, "controlnets", None):
                 components = with_controlnets(components, cn_specs, allow_download=self.options.allow_download)
         except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
@@ -139,7 +139,7 @@ class Daemon:
         )
         runner, choice = self._build_runner(components, len(steps))
         self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner,
-                                   acceleration_info=choice.as_dict(), controlnets=cn_specs)
+                                   acceleration_info=choice.as_dict(), controlnets=cn_specs or None)
         log.info(
             "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
             p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],

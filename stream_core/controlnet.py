@@ -160,7 +160,7 @@ def resize_control(images01: torch.Tensor, height: int, width: int) -> torch.Ten
         return images01
     shrink = images01.shape[-2] > height or images01.shape[-1] > width
     dt = images01.dtype
-    x = images01.float() if dt in (torch.float16, torch.bfloat16) and images01.device.type == "cpu" else images01
+    x = images01.float()  # float32 for the resampling on every device (half-precision kernels vary)
     out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
                         antialias=shrink and x.device.type != "meta")
     return out.clamp(0.0, 1.0).to(dt)

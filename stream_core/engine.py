@@ -159,12 +159,11 @@ class StreamEngine:
             components = with_controlnets(components, controlnets)
         self.components = components
         self.encoder = PromptEncoder(components.tokenizer, components.text_encoder)
-        self.runner = runner or TorchRunner(components.unet, components.vae,
-                                            [lc.model for lc in components.controlnets])
+        units = list(getattr(components, "controlnets", ()) or ())
+        self.runner = runner or TorchRunner(components.unet, components.vae, [lc.model for lc in units])
         pos = self.encoder.encode(prompt)
         neg = self.encoder.encode(negative_prompt)
-        self.pipeline = StreamPipeline(self.runner, components.scheduler, settings, pos, neg,
-                                       controlnets=components.controlnets)
+        self.pipeline = StreamPipeline(self.runner, components.scheduler, settings, pos, neg, controlnets=units)
         self.settings = settings
         #: what runs the networks and why (``stream_core.accel.auto.AccelChoice.as_dict()``)
         self.acceleration_info: dict[str, Any] = dict(acceleration_info or {

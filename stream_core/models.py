@@ -313,6 +313,8 @@ def with_controlnets(components: Components, specs: Sequence[Any], *, allow_down
 
     from stream_core.controlnet import ControlNetSpec, LoadedControlNet
 
+    if not specs and not getattr(components, "controlnets", None):
+        return components
     have = {lc.spec.cold_key: lc for lc in components.controlnets}
     loaded: list[Any] = []
     for spec in specs:
