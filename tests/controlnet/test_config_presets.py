@@ -170,3 +170,15 @@ def test_command_line_overrides_keep_the_controlnets() -> None:
     ]})
     again = apply_overrides(cfg, {"pipeline.size": "256x256"})
     assert again.controlnets == cfg.controlnets and again.pipeline.size == (256, 256)
+
+
+def test_the_touchdesigner_depth_example_is_valid() -> None:
+    from bridge.control.surface import ControlSurface
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "examples" / "td-depth-controlnet.yaml")
+    (cn,) = cfg.controlnets
+    assert cn.preprocessor == "none" and isinstance(cn.source, NdiSourceConfig) and cn.source.name == "TD Depth"
+    table = live_params([c.preprocessor for c in cfg.controlnets])
+    surface = ControlSurface(cfg.osc.ranges, params=table)  # its osc.ranges name a ControlNet knob
+    assert surface.control_range("controlnet_0_scale") == (0.0, 1.5)
