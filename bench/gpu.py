@@ -44,6 +44,11 @@ own allocations are outside torch's allocator, so its figure adds the device-mem
 the JSON (``--out``, default ``$OUT/gpu_bench.json``) always holds what was measured so far.
 
 ``--temporal`` measures the temporal-consistency options instead (see :func:`run_temporal_mode`).
+ControlNet mode (``--controlnet``, or :func:`controlnet_bench` from a GPU script): SD1.5 with one
+ControlNet of the SD1.5 ControlNet architecture (``ControlNetModel.from_unet``, random weights), at
+1 and 4 steps, for each variant (eager, graphs, inductor): fps without and with the ControlNet in
+the same run and their ratio (one ControlNet call per U-Net call, on the whole stream batch).
+Output ``gpu_bench_controlnet.json``.
 
 Needs torch, transformers and diffusers (carry diffusers as a wheel where it is missing); imports
 stream_core from this repository. Smoke test without a GPU: ``--device cpu --arch tiny --quick``.
@@ -676,6 +681,89 @@ def run_temporal_mode(args: argparse.Namespace, device: torch.device, dtype: tor
               f"{r.get('bank_mib', 0):>10}")
     print(f"JSON: {out_path}")
     return 0
+# ---------------------------------------------------------------------------- ControlNet mode
+CN_SCENARIOS: dict[str, tuple[int, ...]] = {"sd15-controlnet-1step": (35,), "sd15-controlnet-4step": (10, 23, 36, 45)}
+CN_VARIANTS: tuple[str, ...] = ("eager", "graphs", "inductor")
+CN_ESTIMATE_S: dict[str, float] = {"eager": 30, "graphs": 40, "inductor": 200}
+
+
+def build_controlnet(unet: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """A ControlNet of the SD1.5 ControlNet architecture for ``unet`` (random weights: its encoder
+    copies the U-Net's, its zero convolutions start at zero; speed does not depend on the values)."""
+    from diffusers import ControlNetModel
+
+    with torch.device(device):
+        cn = ControlNetModel.from_unet(unet)
+    return cn.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def controlnet_bench(device: torch.device | str = "cuda", *, arch: str = "sd15", size: int = 512,
+                     variants: tuple[str, ...] = ("eager", "graphs"), budget_s: float = 300.0,
+                     timing: dict[str, int] | None = None, save: Callable[[dict[str, Any]], None] | None = None
+                     ) -> dict[str, Any]:
+    """fps of the stream with and without one ControlNet, at 1 and 4 steps, per variant; skips what
+    would not fit in ``budget_s`` (with the reason). ``save`` gets the report after every row."""
+    import dataclasses
+
+    from stream_core.accel import AccelOptions, build_runner
+    from stream_core.controlnet import ControlNetSpec, LoadedControlNet
+    from stream_core.pipeline import StreamPipeline, StreamSettings
+    from stream_core.runner import TorchRunner
+
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    timing = timing or ({"warmup": 10, "frames": 30, "rounds": 5} if device.type == "cuda"
+                        else {"warmup": 1, "frames": 3, "rounds": 3})
+    report: dict[str, Any] = {"env": _env(device), "arch": arch, "size": size, "timing": timing, "results": []}
+    with tempfile.TemporaryDirectory(prefix="sb-cn-bench-") as tmp:
+        components = build_components(arch, device, dtype, Path(tmp) / "tok")
+        cn = build_controlnet(components.unet, device, dtype)
+        unit = LoadedControlNet(ControlNetSpec("random-sd15-controlnet"), cn)
+        with_cn = dataclasses.replace(components, controlnets=[unit])
+        report["controlnet_params"] = sum(p.numel() for p in cn.parameters())
+        pos = prompt_embeds(components)
+        g = torch.Generator("cpu").manual_seed(5)
+        frames_in = [(torch.rand((1, 3, size, size), generator=g) * 2 - 1).to(device, dtype) for _ in range(8)]
+        controls = [torch.rand((1, 3, size, size), generator=g).to(device, dtype) for _ in range(8)]
+        for scen, t_list in CN_SCENARIOS.items():
+            n = len(t_list)
+            for variant in variants:
+                row: dict[str, Any] = {"scenario": scen, "variant": variant}
+                report["results"].append(row)
+                left = budget_s - (time.perf_counter() - t_start)
+                if variant != "eager" and device.type != "cuda":
+                    row["skipped"] = f"{variant} needs CUDA"
+                elif left < CN_ESTIMATE_S.get(variant, 60):
+                    row["skipped"] = f"{left:.0f} s of budget left, {variant} needs about {CN_ESTIMATE_S[variant]:.0f} s"
+                if "skipped" in row:
+                    log.info("%s / %s skipped: %s", scen, variant, row["skipped"])
+                    continue
+                for label, comps in (("plain", components), ("controlnet", with_cn)):
+                    settings = StreamSettings(width=size, height=size, t_index_list=t_list, cfg_type="none", seed=2)
+                    if variant == "eager":
+                        runner: Any = TorchRunner(comps.unet, comps.vae, [u.model for u in comps.controlnets])
+                    else:
+                        runner = build_runner(comps, "compile", batch=n, width=size, height=size,
+                                              cache_dir=Path(tmp) / "cache", allow_build=True, steps=n,
+                                              cfg_type="none", options=AccelOptions(compile_mode=variant))
+                    pipe = StreamPipeline(runner, comps.scheduler, settings, pos, controlnets=comps.controlnets)
+                    use = bool(comps.controlnets)
+                    res = time_frames(lambda k, p=pipe, u=use: p(frames_in[k % 8], [controls[k % 8]] if u else None),
+                                      device, **timing)
+                    row[f"fps_{label}"] = round(res["fps"], 2)
+                    row[f"ms_{label}"] = round(res["ms_per_frame"], 3)
+                    del pipe, runner
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                row["cost_ratio"] = round(row["ms_controlnet"] / row["ms_plain"], 3)
+                log.info("%s / %s: %.1f fps plain, %.1f fps with one ControlNet (%.2fx per frame)", scen, variant,
+                         row["fps_plain"], row["fps_controlnet"], row["cost_ratio"])
+                if save is not None:
+                    save(report)
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -700,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
                     "--startup-variant)")
     ap.add_argument("--temporal", action="store_true",
                     help="temporal mode: cost of cached attention / injection / feedback on SD1.5, 1 and 4 steps")
+    ap.add_argument("--controlnet", action="store_true",
+                    help="the ControlNet mode only: SD1.5 + one ControlNet at 1 and 4 steps (gpu_bench_controlnet.json)")
     ap.add_argument("--startup-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -708,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.startup_probe:
         return run_startup_probe(args)
+    if args.controlnet:
+        return _controlnet_main(args)
 
     t_start = time.perf_counter()
     deadline = t_start + args.budget_s
@@ -931,6 +1023,31 @@ def _ratios(results: list[dict[str, Any]]) -> None:
         if "psnr_vs_eager_db" in r:
             notes.append(f"PSNR {r['psnr_vs_eager_db']:.1f} dB vs eager")
         r["speedup_note"] = ", ".join(notes)
+
+
+
+
+def _controlnet_main(args: argparse.Namespace) -> int:
+    out_dir = args.out.parent if args.out else (Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "gpu_bench_controlnet.json"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    wanted = tuple(v.strip() for v in args.variants.split(",") if v.strip() in CN_VARIANTS) or ("eager", "graphs")
+    timing = {"warmup": 1, "frames": 2, "rounds": 2} if args.quick else None
+    report = controlnet_bench(device, arch="tiny" if args.arch == "tiny" else "sd15", size=args.size, variants=wanted,
+                              budget_s=args.budget_s, timing=timing,
+                              save=lambda r: path.write_text(json.dumps(r, indent=1, default=str)))
+    path.write_text(json.dumps(report, indent=1, default=str))
+    for row in report["results"]:
+        if "skipped" in row:
+            print(f"{row['scenario']:<24} {row['variant']:<9} skipped: {row['skipped']}")
+        else:
+            print(f"{row['scenario']:<24} {row['variant']:<9} {row['fps_plain']:8.1f} fps plain  "
+                  f"{row['fps_controlnet']:8.1f} fps with one ControlNet  ({row['cost_ratio']:.2f}x per frame)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     build.add_argument("--lcm-lora", default=None, help="auto (default), none, or a LoRA folder / hub id")
     build.add_argument("--lora", action="append", default=[], metavar="SRC[:SCALE]",
                        help="a LoRA to fuse (repeatable), optionally with its scale")
+    build.add_argument("--controlnet", action="append", default=[], metavar="FOLDER",
+                       help="a ControlNet the stream runs (repeatable, in config order): its graph and the U-Net "
+                       "graph taking residuals are built too (default: the config's controlnets)")
     build.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
     build.add_argument("--steps", type=int, default=None, help="denoising steps = len(t_index_list) (default 2)")
     build.add_argument("--frame-buffer", type=int, default=None, help="frames per call (default 1)")
@@ -247,8 +250,12 @@ def _build(args: argparse.Namespace) -> int:
                      vae=args.vae or (mc.vae if mc is not None else "taesd"),
                      lcm_lora=args.lcm_lora or (mc.lcm_lora if mc is not None else "auto"),
                      loras=loras, device=device, dtype=dtype)
+    from stream_core.controlnet import ControlNetSpec
+
+    # the graphs depend on the ControlNets' weights only (a depth preprocessor runs eagerly)
+    cn_models = list(args.controlnet) or [c.model for c in getattr(cfg, "controlnets", None) or ()]
     try:
-        components = load_components(spec)
+        components = load_components(spec, controlnets=[ControlNetSpec(m) for m in cn_models])
     except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc), code=1) from None
     options = AccelOptions(exporter=args.exporter, trt_workspace=int(args.workspace_gb * (1 << 30)),
@@ -318,7 +325,7 @@ def _check_backend(backend: str, device: str) -> None:
 def _row(st: Any) -> list[str]:
     f = st.fields
     size = f"{f['width']}x{f['height']}" if f.get("width") else "-"
-    if f.get("component") == "unet":
+    if f.get("component") in ("unet", "unet_res", "controlnet"):
         batch = f"{f.get('batch')} (n{f.get('steps')} f{f.get('frame_buffer')} {f.get('cfg_type')})"
     else:
         batch = str(f.get("batch", "-"))

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     mk.add_argument("dir", help="output folder")
     mk.add_argument("--size", choices=["tiny", "small"], default="tiny")
     mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--controlnet", metavar="CN_DIR", default=None,
+                    help="also write a tiny random ControlNet matching the model's U-Net (diffusers "
+                    "ControlNetModel, the SD1.5 ControlNet architecture) to CN_DIR")
+    mk.add_argument("--depth-model", metavar="DEPTH_DIR", default=None,
+                    help="also write a tiny random depth-estimation model (transformers DPT) to DEPTH_DIR, "
+                    "for the ControlNet preprocessor 'depth'")
     mk.set_defaults(func=make_tiny)
     fe = msub.add_parser("fetch", help="download a model from the Hugging Face hub into the local cache "
                          "(the only command that goes online)")
@@ -40,17 +46,27 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def make_tiny(args: argparse.Namespace) -> int:
-    from stream_core.tiny import make_tiny_model
+    from stream_core.tiny import make_tiny_controlnet, make_tiny_depth_model, make_tiny_model
 
     out = Path(args.dir)
     if out.exists() and any(out.iterdir()) and not (out / "model_index.json").exists():
         raise CliError(f"{out} exists and is not empty (and holds no model); pick another folder")
+    extras = [Path(p) for p in (args.controlnet, args.depth_model) if p]
+    for extra in extras:
+        if extra.exists() and any(extra.iterdir()) and not (extra / "config.json").exists():
+            raise CliError(f"{extra} exists and is not empty (and holds no model); pick another folder")
     t0 = time.perf_counter()
     try:
         make_tiny_model(out, seed=args.seed, size=args.size)
+        log.info("wrote a %s random model to %s in %.1f s", args.size, out, time.perf_counter() - t0)
+        if args.controlnet:
+            make_tiny_controlnet(args.controlnet, out, seed=args.seed + 1)
+            log.info("wrote a random ControlNet for it to %s", args.controlnet)
+        if args.depth_model:
+            make_tiny_depth_model(args.depth_model, seed=args.seed + 2)
+            log.info("wrote a random depth-estimation model to %s", args.depth_model)
     except OSError as exc:
-        raise CliError(f"{out}: cannot write the model: {exc.strerror or exc}", code=1) from None
-    log.info("wrote a %s random model to %s in %.1f s", args.size, out, time.perf_counter() - t0)
+        raise CliError(f"cannot write the model: {exc.strerror or exc} ({exc.filename or out})", code=1) from None
     return 0
 
 

@@ -90,6 +90,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="build any missing engine now (default: only auto's inductor compile on a GPU; "
                         "a missing engine is otherwise an error)")
     p.add_argument("--cache", help="engine cache folder (default $STREAMBRIDGE_CACHE or ~/.cache/streambridge)")
+    cn = p.add_argument_group("ControlNet (each option once per --controlnet, in the same order)")
+    cn.add_argument("--controlnet", action="append", default=[], metavar="FOLDER",
+                    help="a ControlNet (diffusers folder or hub id); repeat for several (their residuals add)")
+    cn.add_argument("--controlnet-scale", action="append", type=float, default=[], metavar="S",
+                    help="conditioning scale of the matching --controlnet (default 1.0)")
+    cn.add_argument("--controlnet-preprocessor", action="append", choices=["none", "canny", "depth"], default=[],
+                    help="none (the control frame as it is, default), canny (OpenCV edges) or depth "
+                         "(--depth-model on the device)")
+    cn.add_argument("--control-input", action="append", default=[], metavar="PATH",
+                    help="control frames from a folder or video, frame by frame ('input': the input frames, the "
+                         "default); once for every ControlNet or once per --controlnet")
+    cn.add_argument("--depth-model", help="transformers depth-estimation model (folder or hub id) for the depth "
+                                          "preprocessor")
+    cn.add_argument("--canny-low", type=float, default=100.0, help="canny lower threshold (default 100)")
+    cn.add_argument("--canny-high", type=float, default=200.0, help="canny upper threshold (default 200)")
     p.set_defaults(func=run_render)
 
 
@@ -165,18 +180,20 @@ def run_render(args: argparse.Namespace) -> int:
         settings.check()
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    cn_specs, control_paths = controlnet_args(args)
     count, frames = iter_input(src)  # after the arguments: a typo is reported before any file is read
+    controls = [None if p is None else _ControlFrames(p) for p in control_paths]
     spec = ModelSpec(
         model=args.model or ModelSpec.model, vae=args.vae or "taesd", lcm_lora=args.lcm_lora or "auto",
         device=args.device or "auto", dtype=args.dtype or "auto",
     )
     try:
-        components = load_components(spec)
+        components = load_components(spec, controlnets=cn_specs)
     except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc), code=1) from None
     runner, choice = _runner(args, components, settings)
     engine = StreamEngine(components, settings, args.prompt, args.negative_prompt, runner=runner,
-                          acceleration_info=choice.as_dict())
+                          acceleration_info=choice.as_dict(), controlnets=cn_specs or None)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -200,18 +217,33 @@ def run_render(args: argparse.Namespace) -> int:
             progress.update(1)
 
     valid_per_call: list[int] = []
+    preprocessors = [sp.preprocessor for sp in cn_specs]
+    last_control: list[np.ndarray | None] | None = None
+
+    def control_for(batch: np.ndarray) -> list[np.ndarray | None] | None:
+        if not cn_specs:
+            return None
+        out: list[np.ndarray | None] = []
+        for k, pre in enumerate(preprocessors):
+            ctl = None if controls[k] is None else controls[k].take(batch.shape[0], resizer)
+            if pre == "canny":
+                ctl = canny_rgb(batch if ctl is None else ctl, args.canny_low, args.canny_high)
+            out.append(ctl)
+        return out
+
     try:
         batches = _batches(frames, f, resizer)
         for batch, valid in batches:
             last = batch
-            out = engine.process(batch)
+            last_control = control_for(batch)
+            out = engine.process(batch, control=last_control)
             valid_per_call.append(valid)
             if calls >= latency:
                 emit(out, valid_per_call[calls - latency])
             calls += 1
         # drain: push the last frames again until every input has left the stream
         while last is not None and calls < len(valid_per_call) + latency:
-            out = engine.process(last)
+            out = engine.process(last, control=last_control)
             if calls >= latency:
                 emit(out, valid_per_call[calls - latency])
             calls += 1
@@ -246,6 +278,78 @@ def _temporal(args: argparse.Namespace) -> dict:
     out.update(temporal_max_frames=args.temporal_frames, temporal_interval=args.temporal_interval,
                temporal_injection=args.temporal_injection)
     return out
+
+
+def controlnet_args(args: argparse.Namespace) -> tuple[list, list[Path | None]]:
+    """``ControlNetSpec`` per ``--controlnet`` and the control input of each (None: the input frames)."""
+    from stream_core.controlnet import ControlNetSpec
+
+    names = list(args.controlnet)
+    k = len(names)
+    for flag, given in (("--controlnet-scale", args.controlnet_scale),
+                        ("--controlnet-preprocessor", args.controlnet_preprocessor)):
+        if given and len(given) != k:
+            raise CliError(f"{flag} is given {len(given)} time(s) but --controlnet {k} time(s): give it once per "
+                           "--controlnet, in the same order (or not at all)")
+    inputs = list(args.control_input)
+    if inputs and not names:
+        raise CliError("--control-input needs a --controlnet")
+    if len(inputs) not in (0, 1, k):
+        raise CliError(f"--control-input is given {len(inputs)} times but --controlnet {k} times: give it once "
+                       "(for every ControlNet) or once per --controlnet")
+    scales = args.controlnet_scale or [1.0] * k
+    pres = args.controlnet_preprocessor or ["none"] * k
+    if "depth" in pres and not args.depth_model:
+        raise CliError("--controlnet-preprocessor depth needs --depth-model (a transformers depth-estimation model)")
+    specs = []
+    for name, scale, pre in zip(names, scales, pres, strict=True):
+        spec = ControlNetSpec(name, scale, pre, True, args.depth_model if pre == "depth" else None)
+        try:
+            spec.check()
+        except ValueError as exc:
+            raise CliError(f"--controlnet {name}: {exc}") from None
+        specs.append(spec)
+    if len(inputs) == 1:
+        inputs = inputs * k
+    paths: list[Path | None] = [None if (i is None or i == "input") else Path(i) for i in inputs] or [None] * k
+    for p in paths:
+        if p is not None and not p.exists():
+            raise CliError(f"--control-input {p}: no such file or folder")
+    return specs, paths
+
+
+def canny_rgb(frames: np.ndarray, low: float, high: float) -> np.ndarray:
+    """OpenCV canny edges of (f, H, W, 3) RGB uint8 frames as white-on-black RGB."""
+    import cv2
+
+    out = np.empty_like(frames)
+    for j, fr in enumerate(frames):
+        edges = cv2.Canny(cv2.cvtColor(fr, cv2.COLOR_RGB2GRAY), low, high)
+        out[j] = edges[..., None]
+    return out
+
+
+class _ControlFrames:
+    """Control frames from a folder or video, one per input frame; the last is held when it ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count, self._it = iter_input(path)
+        self._last: np.ndarray | None = None
+        self._ended = False
+
+    def take(self, f: int, resizer) -> np.ndarray:
+        group = []
+        for _ in range(f):
+            if not self._ended:
+                try:
+                    self._last = np.array(resizer(next(self._it)), copy=True)
+                except StopIteration:
+                    self._ended = True
+                    log.warning("%s: out of control frames; holding the last one", self.path)
+            assert self._last is not None
+            group.append(self._last)
+        return np.stack(group)
 
 
 def _runner(args: argparse.Namespace, components, settings):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge.io.registry import AnySinkConfig, AnySourceConfig
-from bridge.params import PARAMS
+from bridge.params import CANNY_MAX, MAX_CONTROLNETS, PARAMS
 from bridge.yamlio import ConfigError, read_yaml_file, validate
 
 CfgType = Literal["none", "full", "self", "initialize"]
@@ -221,6 +221,65 @@ class TemporalConfig(_Strict):
                             "(0: no bank, the U-Net runs untouched); memory and attention cost grow with it")
 
 
+class CannyConfig(_Strict):
+    low: float = Field(100.0, ge=0.0, le=CANNY_MAX, allow_inf_nan=False,
+                       description="canny low threshold (live: /sd/controlnet/<i>/canny/low)")
+    high: float = Field(200.0, ge=0.0, le=CANNY_MAX, allow_inf_nan=False,
+                        description="canny high threshold (live: /sd/controlnet/<i>/canny/high)")
+
+
+class ControlNetConfig(_Strict):
+    """One ControlNet. Cold (a restart changes them): model, preprocessor, depth_model, source,
+    on_loss, fade_s. Live (OSC, presets): scale, enabled, the canny thresholds."""
+
+    model: str = Field(min_length=1, description="ControlNet: diffusers folder or hub id (loaded offline-first)")
+    scale: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False,
+                         description="initial conditioning scale (live: /sd/controlnet/<i>/scale)")
+    enabled: bool = Field(True, description="initially on (live: /sd/controlnet/<i>/enabled)")
+    preprocessor: Literal["none", "canny", "depth"] = Field(
+        "none", description="none: the control frame is used as it is; canny: OpenCV edges (off the render "
+        "thread); depth: a depth-estimation model on the device")
+    depth_model: str | None = Field(None, min_length=1, description="for preprocessor depth: a transformers "
+                                    "depth-estimation model folder or hub id")
+    canny: CannyConfig = Field(default_factory=CannyConfig)
+    source: Literal["input"] | AnySourceConfig = Field(
+        "input", description="input (the pipeline's own frame) or a second source for control frames: a spec "
+        "like 'ndi:TD Depth' / 'spout:Depth' / 'video:depth.mp4', or a source mapping like the main source's")
+    on_loss: Literal["hold", "fade"] = Field(
+        "hold", description="when the control source is lost: hold its last frame, or fade this ControlNet's "
+        "scale to 0 (and back in once it is live again)")
+    fade_s: float = Field(1.0, ge=0.0, le=60.0, allow_inf_nan=False, description="seconds of the fade (on_loss: fade)")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_spec(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().lower() == "input":
+                return "input"
+            from bridge.io.registry import parse_source_spec
+
+            return parse_source_spec(v)  # ValueError naming the bad spec
+        return v
+
+    @model_validator(mode="after")
+    def _depth(self) -> ControlNetConfig:
+        if self.preprocessor == "depth" and not self.depth_model:
+            raise ValueError("preprocessor depth needs depth_model: a transformers depth-estimation model "
+                             "folder or hub id (e.g. depth-anything/Depth-Anything-V2-Small-hf)")
+        if self.preprocessor != "depth" and self.depth_model:
+            raise ValueError(f"depth_model is only used by preprocessor depth (this one is {self.preprocessor})")
+        if self.preprocessor != "canny" and self.canny != CannyConfig():
+            raise ValueError(f"canny thresholds are only used by preprocessor canny (this one is {self.preprocessor})")
+        if self.on_loss == "fade" and self.source == "input":
+            raise ValueError("on_loss: fade is for a second control source; with source: input the control "
+                             "frame is the input frame and is never lost on its own")
+        return self
+
+    @property
+    def second_source(self) -> bool:
+        return self.source != "input"
+
+
 class DaemonConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
@@ -233,6 +292,9 @@ class DaemonConfig(_Strict):
     params: ParamsConfig = Field(default_factory=ParamsConfig)
     tempo: TempoConfig = Field(default_factory=TempoConfig)
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
+    controlnets: list[ControlNetConfig] = Field(
+        default_factory=list, max_length=MAX_CONTROLNETS,
+        description=f"ControlNets, in order (their residuals add); at most {MAX_CONTROLNETS}")
 
     @field_validator("sinks", mode="before")
     @classmethod

@@ -26,7 +26,8 @@ from bridge.control.surface import SetParams
 from bridge.io.registry import create_sink, create_source, interrupt_opens
 from bridge.io.reporting import OpenErrorReport, ReportingSource
 from bridge.live import LiveController, merge_initial
-from bridge.presets import ColdSettings, PresetStore
+from bridge.params import live_params
+from bridge.presets import ColdSettings, ControlNetCold, PresetStore
 from bridge.prompt_cache import PromptCache
 from bridge.render_loop import RenderLoop
 from bridge.runtime.convert import Resizer
@@ -88,6 +89,9 @@ class Daemon:
         self.advertiser = None
         self.render: RenderLoop | None = None
         self.tempo: Any = None  # the beat clock (bridge.tempo): internal, or Ableton Link
+        self.controlnets: Any = None  # bridge.controlnet.ControlNetFeed when controlnets: are configured
+        # the live parameter table: the static one plus the configured ControlNets' knobs
+        self.params = live_params([c.preprocessor for c in cfg.controlnets])
         self._bypass = bool(cfg.params.bypass)  # set on OSC receipt, not on the render thread
         self._last_source_state = "connecting"  # for the clean-stream reset after a gap
         self._status_extra: dict[str, Any] = {"preset": ""}
@@ -113,8 +117,15 @@ class Daemon:
             loras=[LoraSpec(lo.source, lo.scale) for lo in m.loras], device=m.device, dtype=m.dtype,
             allow_download=self.options.allow_download,
         )
+        from stream_core.controlnet import ControlNetSpec
+        from stream_core.models import with_controlnets
+
+        cn_specs = [ControlNetSpec(c.model, c.scale, c.preprocessor, getattr(c, "enabled", True),
+                                   getattr(c, "depth_model", None)) for c in getattr(self.cfg, "controlnets", None) or ()]
         try:
             components = self.options.components if self.options.components is not None else load_components(spec)
+            if cn_specs or getattr(components, "controlnets", None):
+                components = with_controlnets(components, cn_specs, allow_download=self.options.allow_download)
         except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         steps = tuple(p.steps)
@@ -130,7 +141,7 @@ class Daemon:
         )
         runner, choice = self._build_runner(components, len(steps))
         self.engine = StreamEngine(components, settings, params.prompt, params.negative_prompt, runner=runner,
-                                   acceleration_info=choice.as_dict())
+                                   acceleration_info=choice.as_dict(), controlnets=cn_specs or None)
         log.info(
             "pipeline ready: %dx%d, steps %s, cfg %s, frame buffer %d, %s on %s (latency %d frame(s))",
             p.size[0], p.size[1], list(steps), p.cfg, p.frame_buffer, components.info["dtype"],
@@ -148,6 +159,21 @@ class Daemon:
                 temporal_injection=params.temporal_injection,
             )
         return out
+    def _build_controlnets(self) -> None:
+        """The control frames' side: a feed with a source worker per second source (started with
+        the main source)."""
+        if not self.cfg.controlnets:
+            return
+        from functools import partial
+
+        from bridge.controlnet import ControlNetFeed, make_source_worker
+
+        def on_state(index: int, state: str, detail: str) -> None:
+            self._fb_queue.put(("status", {f"control/{index}/state": state}))
+
+        make = partial(make_source_worker, size=tuple(self.cfg.pipeline.size), resize=self.cfg.output.resize,
+                       on_state=on_state)
+        self.controlnets = ControlNetFeed(self.cfg.controlnets, tuple(self.cfg.pipeline.size), make_worker=make)
 
     def _build_runner(self, components: Any, n_steps: int) -> tuple[Any, Any]:
         """The acceleration part of the engine: resolve ``auto``, build the runner (None: eager)."""
@@ -173,9 +199,13 @@ class Daemon:
 
     def _cold(self) -> ColdSettings:
         p, m = self.cfg.pipeline, self.cfg.model
+        from bridge.presets import source_key
+
         return ColdSettings(
             model=m.model, vae=m.vae, size=tuple(p.size), steps=len(p.steps), frame_buffer=p.frame_buffer,
             cfg=p.cfg, acceleration=p.acceleration,
+            controlnets=tuple(ControlNetCold(c.model, c.preprocessor, source_key(c.source))
+                              for c in self.cfg.controlnets),
         )
 
     def _build_control(self) -> None:
@@ -210,6 +240,10 @@ class Daemon:
             for name, reason in self.presets.errors().items():
                 log.warning("preset %s is not usable: %s", name, reason)
         params = self.cfg.params.model_dump()
+        if self.cfg.controlnets:
+            from bridge.controlnet import initial_values
+
+            params.update(initial_values(self.cfg.controlnets))
         if params.get("strength") is None:
             from stream_core.schedule import t_index_list_to_strength
 
@@ -222,8 +256,10 @@ class Daemon:
         except LinkUnavailable as exc:
             raise StartupError(str(exc)) from None
         params["bpm"] = tempo_cfg.bpm
+        feed = self.controlnets
         self.controller = LiveController(
-            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params),
+            engine.pipeline, self.cache, self.presets, self._cold(), initial=merge_initial(params, self.params),
+            params=self.params, on_canny=feed.thresholds.set if feed is not None else (lambda i, lo, hi: None),
             feedback=lambda changed: self._fb_queue.put(("params", changed)),
             error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
             status=self._set_status, max_presets=self.cfg.presets.max_count,
@@ -253,7 +289,8 @@ class Daemon:
 
         o = self.cfg.osc
         try:
-            self.feedback = FeedbackSender(o.feedback, ranges=o.ranges, status_hz=max(o.status_rate, 0.01))
+            self.feedback = FeedbackSender(o.feedback, ranges=o.ranges, status_hz=max(o.status_rate, 0.01),
+                                           params=self.params)
         except ValueError as exc:
             raise StartupError(f"osc.feedback: {exc}") from None
         if not (o.enabled and self.options.osc):
@@ -269,7 +306,7 @@ class Daemon:
 
         try:
             self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.submit, on_error=on_error,
-                                 allow=o.allow, surface=ControlSurface(o.ranges))
+                                 allow=o.allow, surface=ControlSurface(o.ranges, params=self.params))
             self.osc.start()
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot listen for OSC on {o.listen}: {exc}") from None
@@ -315,9 +352,12 @@ class Daemon:
             src_cfg.type, on_change=lambda reason: self._fb_queue.put(
                 ("status", {"source": self._source_state(), "source_error": reason})))
         make_source = ReportingSource.factory(lambda: create_source(src_cfg), self.source_report)
+        feed = self.controlnets
         self.source_worker = SourceWorker(make_source, resizer, self.frames_in, self.metrics,
                                           on_state=on_state, health=health, name=f"source:{src_cfg.type}",
-                                          previews=self.frames_preview)
+                                          previews=self.frames_preview,
+                                          derive=feed.derive_input if feed is not None and feed.needs_input_hook
+                                          else None)
         fps = self.cfg.output.fps or getattr(src_cfg, "fps", None) or 30.0
         sinks = [(lambda c=c: create_sink(c)) for c in self.cfg.sinks]
         self.publisher = Publisher(
@@ -332,6 +372,7 @@ class Daemon:
             self.engine, self.controller, self.frames_in, self.frames_out, self.metrics,
             bypass=lambda: self._bypass, on_progress=self.publisher.note_render_progress,
             on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))),
+            controlnets=self.controlnets,
         )
 
     def start(self) -> None:
@@ -349,6 +390,7 @@ class Daemon:
         # OpenCV's pool busy-waits after every small call: more CPU per frame than it saves here
         cv2.setNumThreads(1)
         self._build_engine()
+        self._build_controlnets()
         self._build_control()
         self._build_osc()
         self._build_io()
@@ -360,6 +402,8 @@ class Daemon:
         render.start()
         fb.start()
         self.source_worker.start()
+        if self.controlnets is not None:
+            self.controlnets.start()
         log.info("StreamBridge running (start-up %.1f s)", time.perf_counter() - t0)
 
     def _build_status_page(self) -> None:
@@ -388,7 +432,7 @@ class Daemon:
 
         presets = self.presets
         return ControlApi(
-            self.osc.surface if self.osc is not None else ControlSurface(self.cfg.osc.ranges), self.submit,
+            self.osc.surface if self.osc is not None else ControlSurface(self.cfg.osc.ranges, self.params), self.submit,
             values=self.controller.snapshot, presets=presets.names if presets is not None else list,
             status=self._control_page_status,
             on_error=lambda address, reason: self._fb_queue.put(("error", (address, reason))))
@@ -511,6 +555,7 @@ class Daemon:
             "preset": str(self._status_extra.get("preset", "")),
             "dropped": int(sum(snap["dropped"].values())),
             "rejected_frames": int(snap["counters"].get("rejected_frames", 0)),
+            **(self.controlnets.status() if self.controlnets is not None else {}),
         }
 
     def _source_state(self) -> str:
@@ -542,6 +587,8 @@ class Daemon:
             out["params"] = self.controller.snapshot()
             out["modulated"] = dict(self.controller.modulated)  # LFO values (the faders are in params)
             out["tempo"] = self.controller.tempo_status()
+        if self.controlnets is not None:
+            out["controlnets"] = self.controlnets.details()
         return out
 
     # ------------------------------------------------------------------ stop
@@ -565,6 +612,9 @@ class Daemon:
             interrupt_opens()  # a source still looking for its sender gives up now
             if not self.source_worker.stop(timeout=2.0):
                 self.abandoned.append(self.source_worker.name)
+        if self.controlnets is not None:
+            interrupt_opens()  # a control source still looking for its sender gives up now
+            self.abandoned += self.controlnets.stop(timeout=2.0)
         self._stop.set()
         self.frames_in.close()
         for t in self._threads:

@@ -34,7 +34,7 @@ from bridge.control.surface import (
     parse_lfo_key,
 )
 from bridge.lfo import Lfo, seed_for
-from bridge.params import PARAMS, default_values
+from bridge.params import PARAMS, ParamSpec, default_values
 from bridge.presets import (
     DEFAULT_MAX_PRESETS,
     ColdSettings,
@@ -118,6 +118,8 @@ class LiveController:
         tempo: TempoClock | None = None,
         quantize: str = "off",
         control_ranges: Mapping[str, tuple[float, float]] | None = None,
+        params: Mapping[str, ParamSpec] | None = None,
+        on_canny: Callable[[int, float, float], None] = lambda index, low, high: None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
@@ -132,9 +134,22 @@ class LiveController:
         self.inbox = ControlInbox(max_queued, max_per_tick, on_refused=self._error)
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.values: dict[str, Any] = default_values()
+        # the ControlNets' parameters (controlnet_<i>_scale, ...): they depend on the config
+        self.params: Mapping[str, ParamSpec] = PARAMS if params is None else params
+        self._cn_count = len({n.split("_")[1] for n in self.params if n.startswith("controlnet_")})
+        for name, spec in self.params.items():
+            self.values.setdefault(name, spec.default)
         if initial:
             self.values.update(initial)
         self.values.update(temporal_values(pipeline))
+        self._morph_floats: tuple[str, ...] = MORPH_FLOATS + tuple(
+            f"controlnet_{i}_scale" for i in range(self._cn_count))
+        # per ControlNet: the scale the controller drives (a morph moves it), the loss factor the
+        # render loop reports (bridge.controlnet) and what the pipeline was last given
+        self._cn_scale = [float(self.values[f"controlnet_{i}_scale"]) for i in range(self._cn_count)]
+        self._cn_gain = [1.0] * self._cn_count
+        self._cn_applied: list[tuple[float, bool] | None] = [None] * self._cn_count
+        self._on_canny = on_canny
         self.current_preset: str | None = None
         self._morph: _Morph | None = None
         self._pending_recall: tuple[str, Preset, str] | None = None
@@ -165,6 +180,35 @@ class LiveController:
         self._t_origin = clock()  # free-running (Hz) LFOs count seconds from here
         self._now = self._t_origin
         self._last_beat: int | None = None
+        for i in range(self._cn_count):
+            self._apply_controlnet(i)
+
+    # ------------------------------------------------------------------ ControlNets
+    def set_controlnet_gains(self, gains: list[float]) -> None:
+        """The loss factors of the ControlNets (render thread; see :class:`bridge.controlnet.
+        ControlNetFeed`): each scale the pipeline gets is the live scale times its factor."""
+        for i, g in enumerate(gains[: self._cn_count]):
+            if g != self._cn_gain[i]:
+                self._cn_gain[i] = float(g)
+                self._apply_controlnet(i)
+
+    def _apply_controlnet(self, i: int) -> None:
+        """Give the pipeline ControlNet ``i``'s effective scale and switch, when they changed."""
+        scale = self._cn_scale[i] * self._cn_gain[i]
+        scale = scale if scale > 0.0 else 0.0
+        enabled = bool(self.values[f"controlnet_{i}_enabled"])
+        want = (scale, enabled)
+        if self._cn_applied[i] == want:
+            return
+        self.pipeline.set_controlnet(i, scale=scale, enabled=enabled)
+        self._cn_applied[i] = want
+
+    @staticmethod
+    def _controlnet_knob(name: str) -> tuple[int, str] | None:
+        if not name.startswith("controlnet_"):
+            return None
+        _, index, knob = name.split("_", 2)
+        return int(index), knob
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the live values, safe to take from another thread (the copy is one C call
@@ -299,6 +343,16 @@ class LiveController:
                 self.pipeline.set_smoothing(value)
             elif name == "bpm":
                 self.tempo.set_bpm(value, self._now)
+            elif (knob := self._controlnet_knob(name)) is not None:
+                i, what = knob
+                if what == "scale":
+                    self._cn_scale[i] = float(value)
+                    self._apply_controlnet(i)
+                elif what == "enabled":
+                    self._apply_controlnet(i)
+                else:  # canny thresholds: the workers making edge images read them
+                    self._on_canny(i, float(self.values[f"controlnet_{i}_canny_low"]),
+                                   float(self.values[f"controlnet_{i}_canny_high"]))
             # bypass, mix, transition(_beats) are read by the render loop / recalls
         if changed:
             self._feedback(changed)
@@ -385,6 +439,7 @@ class LiveController:
 
     def _start_recall_unguarded(self, name: str, preset: Preset, now: float, origin: str) -> None:
         hot = preset.hot_values()
+        hot.update(preset.controlnet_values())
         target = dict(self.values)
         target.update(hot)
         duration = self._transition_seconds(hot)
@@ -411,12 +466,13 @@ class LiveController:
         )
         self.current_preset = name
         self._status("preset", name)
-        cut = {k: v for k, v in target.items() if k not in MORPH_FLOATS and k not in PROMPT_KEYS and k not in NOISE_KEYS}
+        cut = {k: v for k, v in target.items()
+               if k not in self._morph_floats and k not in PROMPT_KEYS and k not in NOISE_KEYS}
         self._set_params({k: v for k, v in cut.items() if self.values.get(k) != v})
         self._morph = _Morph(
             t0=now, duration=duration, preset=name, origin=origin,
-            start={k: float(self.values[k]) for k in MORPH_FLOATS},
-            target={k: float(target[k]) for k in MORPH_FLOATS},
+            start={k: float(self.values[k]) for k in self._morph_floats},
+            target={k: float(target[k]) for k in self._morph_floats},
             target_noise={k: target[k] for k in NOISE_KEYS} if noise_changes else None,
             target_texts={k: target[k] for k in PROMPT_KEYS},
             conditioning=conditioning is not None,
@@ -460,7 +516,7 @@ class LiveController:
         """After a transition was cut short: put the pipeline back on the live values (what the
         feedback last reported); noise and conditioning follow on this tick."""
         self._noise_dirty = self._conditioning_dirty = True
-        for k in MORPH_FLOATS:
+        for k in self._morph_floats:
             try:
                 self._apply_float(k, float(self.values[k]))
             except Exception:
@@ -509,6 +565,10 @@ class LiveController:
             self.pipeline.set_latent_feedback(min(MAX_LATENT_FEEDBACK, max(0.0, v)))
         elif name == "temporal_injection" and getattr(self.pipeline, "temporal", None) is not None:
             self.pipeline.set_temporal_injection(min(1.0, max(0.0, v)))
+        elif name.startswith("controlnet_"):  # a ControlNet's scale
+            i = int(name.split("_")[1])
+            self._cn_scale[i] = min(2.0, max(0.0, v))
+            self._apply_controlnet(i)
         # prompt_mix is folded into the embeddings' morph
 
     def _finish_morph(self) -> None:
@@ -606,10 +666,13 @@ class LiveController:
             self._error("/sd/preset/save", "no preset folder configured")
             return
         hot = {k: v for k, v in (self.values if values is None else values).items() if k not in ("bypass",)}
+        data = {k: v for k, v in hot.items() if k in Preset.model_fields}
+        if self._cn_count:
+            data["controlnets"] = controlnet_entries(hot, self._cn_count)
         if self.lfos:
-            hot["lfos"] = {p: LfoSettings.from_lfo(lfo) for p, lfo in self.lfos.items()}
+            data["lfos"] = {p: LfoSettings.from_lfo(lfo) for p, lfo in self.lfos.items()}
         try:
-            preset = Preset.model_validate({k: v for k, v in hot.items() if k in Preset.model_fields})
+            preset = Preset.model_validate(data)
         except Exception as exc:
             reason = f"preset '{name}' not saved: {str(exc).splitlines()[0]}"
             log.warning("%s", reason)
@@ -756,6 +819,7 @@ class LiveController:
                 found = self._resolve(cmd.ref)
                 if found is not None and not found[1].cold_conflicts(self.cold):
                     values.update(found[1].hot_values())  # a save after it records the preset
+                    values.update(found[1].controlnet_values())
                 dropped += 1
             else:
                 dropped += 1
@@ -775,11 +839,26 @@ def temporal_values(pipeline: Any) -> dict[str, Any]:
     return out
 
 
-def merge_initial(params: dict[str, Any]) -> dict[str, Any]:
+def merge_initial(params: dict[str, Any], table: Mapping[str, ParamSpec] | None = None) -> dict[str, Any]:
     """Initial values from the config, checked against the parameter table."""
+    table = PARAMS if table is None else table
     out = {}
     for k, v in params.items():
         if v is None:
             continue
-        out[k] = PARAMS[k].check(v)
+        out[k] = table[k].check(v)
+    return out
+
+
+def controlnet_entries(values: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
+    """The ``controlnets:`` list of a preset from flat live values (``controlnet_<i>_<knob>``)."""
+    out = []
+    for i in range(count):
+        entry: dict[str, Any] = {}
+        for knob in ("scale", "enabled"):
+            if f"controlnet_{i}_{knob}" in values:
+                entry[knob] = values[f"controlnet_{i}_{knob}"]
+        if f"controlnet_{i}_canny_low" in values:
+            entry["canny"] = {"low": values[f"controlnet_{i}_canny_low"], "high": values[f"controlnet_{i}_canny_high"]}
+        out.append(entry)
     return out

@@ -8,6 +8,7 @@ defaults to the hard range and can be narrowed in the config (``osc.ranges``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,3 +159,53 @@ def normalize(spec: ParamSpec, value: float, control_range: tuple[float, float] 
     if hi == lo:
         return 0.0
     return min(1.0, max(0.0, (float(value) - lo) / (hi - lo)))
+
+
+# ---------------------------------------------------------------- per-ControlNet parameters
+# They depend on the config (how many ControlNets, which preprocessor), so they are not in the
+# static table above: :func:`controlnet_params` makes them for one configuration and
+# :func:`live_params` returns the static table plus those. Names are ``controlnet_<i>_<knob>``.
+
+MAX_CONTROLNETS = 4
+CONTROLNET_KNOBS = ("scale", "enabled", "canny_low", "canny_high")
+CANNY_MAX = 1000.0  # OpenCV's thresholds apply to the gradient magnitude (L1, 8-bit input)
+
+
+def controlnet_param_name(index: int, knob: str) -> str:
+    """``controlnet_<index>_<knob>``, the parameter (and flat preset) name of one knob."""
+    return f"controlnet_{index}_{knob}"
+
+
+def controlnet_params(preprocessors: Sequence[str]) -> dict[str, ParamSpec]:
+    """The live parameters of the configured ControlNets (one preprocessor name each, in config
+    order): scale and enabled for every one, the canny thresholds for ``canny`` ones."""
+    out: dict[str, ParamSpec] = {}
+    for i, pre in enumerate(preprocessors):
+        base = f"/sd/controlnet/{i}"
+        specs = [
+            ParamSpec(controlnet_param_name(i, "scale"), f"{base}/scale", float, 1.0, 0.0, 2.0,
+                      doc=f"ControlNet {i}: conditioning scale (0: off, no ControlNet call)"),
+            ParamSpec(controlnet_param_name(i, "enabled"), f"{base}/enabled", bool, True,
+                      doc=f"ControlNet {i}: on (1) / off (0)"),
+        ]
+        if pre == "canny":
+            specs += [
+                ParamSpec(controlnet_param_name(i, "canny_low"), f"{base}/canny/low", float, 100.0, 0.0, CANNY_MAX,
+                          doc=f"ControlNet {i}: canny low threshold", control=(0.0, 500.0)),
+                ParamSpec(controlnet_param_name(i, "canny_high"), f"{base}/canny/high", float, 200.0, 0.0, CANNY_MAX,
+                          doc=f"ControlNet {i}: canny high threshold", control=(0.0, 500.0)),
+            ]
+        out.update({p.name: p for p in specs})
+    return out
+
+
+def live_params(preprocessors: Sequence[str] = ()) -> dict[str, ParamSpec]:
+    """The static table plus the ControlNet parameters of one configuration."""
+    if not preprocessors:
+        return PARAMS
+    return {**PARAMS, **controlnet_params(preprocessors)}
+
+
+def normalizable(params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+    """``/sd/norm/...`` address -> spec for the numbers of a parameter table."""
+    return {NORM_PREFIX + p.address[len("/sd") :]: p for p in params.values() if p.kind in (int, float)}

@@ -79,6 +79,11 @@ def _backends(cfg: DaemonConfig) -> Iterable[Problem]:
     if cfg.tempo.link and not _module_present("aalink"):
         yield Problem(("tempo", "link"), "Ableton Link needs the Python module 'aalink': install it with "
                       + install_hint("link"))
+    for i, cn in enumerate(cfg.controlnets):
+        if cn.source != "input":
+            problem = backend_problem(cn.source.type, "source")
+            if problem:
+                yield Problem(("controlnets", i, "source"), f"control source: {problem}")
 
 
 def backend_problems(cfg: DaemonConfig) -> list[str]:
@@ -152,6 +157,19 @@ def _model(cfg: DaemonConfig) -> Iterable[Problem]:
                           f"multiples of {multiple} (its U-Net has {len(blocks)} levels); e.g. {fit}")
 
 
+def _controlnets(cfg: DaemonConfig) -> Iterable[Problem]:
+    """Each ControlNet's weights (a diffusers ControlNet folder: config.json) and, for ``depth``,
+    the depth-estimation model's (a transformers folder: config.json) are on this machine."""
+    for i, cn in enumerate(cfg.controlnets):
+        _, problem = _weights(cn.model, ("controlnets", i, "model"), "ControlNet", "config.json")
+        if problem:
+            yield problem
+        if cn.depth_model:
+            _, problem = _weights(cn.depth_model, ("controlnets", i, "depth_model"), "depth model", "config.json")
+            if problem:
+                yield problem
+
+
 def _device(cfg: DaemonConfig) -> Iterable[Problem]:
     device, dtype = cfg.model.device, cfg.model.dtype
     if device == "cpu" and dtype == "float16":
@@ -222,7 +240,7 @@ def check(cfg: DaemonConfig, *, presets: bool = True, allow_download: bool = Fal
     ``ports`` the listen ports are tried (at start-up only: while a show runs its own ports are
     taken, so ``validate`` does not try them)."""
     problems: list[Problem] = []
-    for part in (_backends, _device) if allow_download else (_backends, _model, _device):
+    for part in (_backends, _device) if allow_download else (_backends, _model, _controlnets, _device):
         problems.extend(part(cfg))
     if presets:
         problems.extend(_presets(cfg))

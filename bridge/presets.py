@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bridge.lfo import LFO_TARGETS, MAX_DEPTH, MAX_RATE, MIN_RATE, SHAPES, Lfo
-from bridge.params import MAX_PROMPT_CHARS, PARAMS
+from bridge.params import CANNY_MAX, MAX_CONTROLNETS, MAX_PROMPT_CHARS, PARAMS
 from bridge.yamlio import (
     MAX_YAML_BYTES,
     ConfigError,
@@ -120,6 +120,16 @@ def _check_text(value: str, what: str, limit: int) -> str:
 
 
 @dataclass(frozen=True)
+class ControlNetCold:
+    """What one running ControlNet was built with. ``source`` is ``"input"`` or the second
+    source's config as a plain dict (``model_dump()``), for comparison."""
+
+    model: str
+    preprocessor: str
+    source: Any = "input"
+
+
+@dataclass(frozen=True)
 class ColdSettings:
     """What the *running* pipeline was built with (filled in by the daemon)."""
 
@@ -130,6 +140,70 @@ class ColdSettings:
     frame_buffer: int
     cfg: str
     acceleration: str
+    controlnets: tuple[ControlNetCold, ...] = ()
+
+
+def source_key(source: Any) -> Any:
+    """``"input"``, or a source (a spec like ``ndi:TD Depth``, a mapping or a source config) as
+    a comparable dict. ValueError for a bad spec."""
+    if isinstance(source, str) and source.strip().lower() == "input":
+        return "input"
+    from bridge.io.registry import parse_source_config, parse_source_spec
+
+    if isinstance(source, str):
+        cfg = parse_source_spec(source)
+    elif isinstance(source, dict):
+        cfg = parse_source_config(source)
+    else:
+        cfg = source
+    return cfg.model_dump()
+
+
+class CannyPreset(BaseModel):
+    """Canny thresholds of one ControlNet in a preset (hot)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float | None = Field(default=None, ge=0.0, le=CANNY_MAX, allow_inf_nan=False,
+                              description=f"canny low threshold, 0..{CANNY_MAX:g} (OSC /sd/controlnet/<i>/canny/low)")
+    high: float | None = Field(default=None, ge=0.0, le=CANNY_MAX, allow_inf_nan=False,
+                               description=f"canny high threshold, 0..{CANNY_MAX:g} (OSC /sd/controlnet/<i>/canny/high)")
+
+    @field_validator("low", "high", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
+
+
+class ControlNetPreset(BaseModel):
+    """One entry of a preset's ``controlnets:`` list (the ControlNet at that position in the
+    config). Hot: scale, enabled, canny. Cold: model, preprocessor, source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float | None = Field(default=None, strict=True, ge=0.0, le=2.0, allow_inf_nan=False,
+                                description="conditioning scale 0..2 (OSC /sd/controlnet/<i>/scale); morphed")
+    enabled: bool | None = Field(default=None, strict=True, description="on/off (OSC /sd/controlnet/<i>/enabled)")
+    canny: CannyPreset | None = Field(default=None, description="canny thresholds (canny ControlNets only)")
+    model: str | None = Field(default=None, strict=True, min_length=1, max_length=MAX_MODEL_ID_CHARS,
+                              description="the ControlNet model the preset was made for (cold)")
+    preprocessor: Literal["none", "canny", "depth"] | None = Field(default=None, description="(cold)")
+    source: str | None = Field(default=None, strict=True, min_length=1, max_length=300,
+                               description="input, or the control source's spec like ndi:TD Depth (cold)")
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _int_scale(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None:
+            source_key(value)  # ValueError naming the bad spec
+        return value
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -249,6 +323,19 @@ class Preset(BaseModel):
         default=None, description="auto|none|compile|tensorrt|onnxruntime (cold)"
     )
 
+    # per ControlNet, in config order: hot scale/enabled/canny, cold model/preprocessor/source
+    controlnets: list[ControlNetPreset] | None = Field(
+        default=None, max_length=MAX_CONTROLNETS,
+        description="one entry per configured ControlNet, in order (an entry may be {} to leave one alone)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_entries(cls, data: Any) -> Any:
+        # `- ` with nothing after it in YAML is None: the same as {} (leave that ControlNet alone)
+        if isinstance(data, dict) and isinstance(data.get("controlnets"), list):
+            data = {**data, "controlnets": [{} if e is None else e for e in data["controlnets"]]}
+        return data
+
     @field_validator("size", mode="before")
     @classmethod
     def _size_is_text(cls, value: Any) -> Any:
@@ -291,6 +378,22 @@ class Preset(BaseModel):
         """The hot parameters this preset sets, in table order."""
         return {k: getattr(self, k) for k in HOT_FIELDS if getattr(self, k) is not None}
 
+    def controlnet_values(self) -> dict[str, Any]:
+        """The ControlNets' hot values this preset sets, as live parameter names
+        (``controlnet_<i>_scale``, ``_enabled``, ``_canny_low``, ``_canny_high``)."""
+        out: dict[str, Any] = {}
+        for i, entry in enumerate(self.controlnets or ()):
+            if entry.scale is not None:
+                out[f"controlnet_{i}_scale"] = float(entry.scale)
+            if entry.enabled is not None:
+                out[f"controlnet_{i}_enabled"] = entry.enabled
+            if entry.canny is not None:
+                if entry.canny.low is not None:
+                    out[f"controlnet_{i}_canny_low"] = float(entry.canny.low)
+                if entry.canny.high is not None:
+                    out[f"controlnet_{i}_canny_high"] = float(entry.canny.high)
+        return out
+
     def cold_values(self) -> dict[str, Any]:
         """The cold settings this preset names."""
         return {k: getattr(self, k) for k in COLD_FIELDS if getattr(self, k) is not None}
@@ -322,6 +425,26 @@ class Preset(BaseModel):
             elif want != have:
                 have_s = "the default" if have is None else str(have)
                 out.append(f"{field}: preset wants {want}, the pipeline runs {have_s}")
+        out += self._controlnet_conflicts(running.controlnets)
+        return out
+
+    def _controlnet_conflicts(self, running: tuple[ControlNetCold, ...]) -> list[str]:
+        out: list[str] = []
+        entries = self.controlnets or []
+        if len(entries) > len(running):
+            out.append(f"controlnets: preset sets {len(entries)} ControlNet(s), the pipeline runs {len(running)}")
+        for i, (entry, have) in enumerate(zip(entries, running, strict=False)):
+            if entry.model is not None and entry.model != have.model:
+                out.append(f"controlnets.{i}.model: preset wants {entry.model}, the pipeline runs {have.model}")
+            if entry.preprocessor is not None and entry.preprocessor != have.preprocessor:
+                out.append(f"controlnets.{i}.preprocessor: preset wants {entry.preprocessor}, "
+                           f"the pipeline runs {have.preprocessor}")
+            if entry.source is not None and source_key(entry.source) != have.source:
+                running_s = "input" if have.source == "input" else f"{have.source.get('type')} source"
+                out.append(f"controlnets.{i}.source: preset wants {entry.source}, the pipeline runs {running_s}")
+            if entry.canny is not None and have.preprocessor != "canny":
+                out.append(f"controlnets.{i}.canny: ControlNet {i} runs preprocessor {have.preprocessor}, "
+                           "which has no canny thresholds")
         return out
 
 
@@ -451,6 +574,8 @@ def dump_preset(preset: Preset) -> str:
     if preset.lfos is not None:
         data["lfos"] = {k: v.model_dump(exclude_none=True) for k, v in preset.lfos.items()}
     data.update(preset.cold_values())
+    if preset.controlnets is not None:
+        data["controlnets"] = [e.model_dump(exclude_none=True) for e in preset.controlnets]
     body = yaml.dump(
         data, Dumper=_PresetDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
     )

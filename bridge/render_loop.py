@@ -15,6 +15,11 @@ runs one stream call and hands the output frames to the publisher's mailbox. Wha
   one on: the CPU never waits for the GPU's newest work, at the price of one frame of latency
   (``overlap``; on by default when the engine runs on CUDA, off on the CPU where nothing is
   asynchronous). A reset drops the frame in flight.
+* **ControlNets** (``controlnets``, a :class:`bridge.controlnet.ControlNetFeed`): each input frame
+  is paired with the newest control frame of every second source when the loop takes it (the
+  moment it enters the stream; never waiting for one), and the stream call gets them as
+  ``control=``. Once per iteration the feed's loss factors go to the controller
+  (``set_controlnet_gains``), which applies them with the live scales.
 * **Bypass**: the loop leaves the model alone; the publisher shows input frames straight from the
   source side, so bypass also works while a call here is stuck.
 
@@ -64,6 +69,7 @@ class RenderLoop:
         clock: Callable[[], float] = time.monotonic,
         report_interval_s: float = 10.0,
         overlap: bool | None = None,
+        controlnets: Any = None,
     ) -> None:
         self.engine = engine
         self.controller = controller
@@ -77,6 +83,8 @@ class RenderLoop:
         self._latency = int(engine.pipeline.latency_frames)
         self._in_flight: collections.deque[tuple[float, int]] = collections.deque()
         self._pending: list[FramePacket] = []
+        self.controlnets = controlnets if controlnets is not None and controlnets.count else None
+        self._pending_control: list[list[Any]] = []  # per pending frame: its control images
         self._reset_reason: str | None = None
         self._reset_lock = threading.Lock()
         self._in_bypass = False
@@ -114,6 +122,8 @@ class RenderLoop:
         packet = self.frames_in.get(timeout=timeout)
         try:
             self.controller.tick()
+            if self.controlnets is not None:
+                self.controller.set_controlnet_gains(self.controlnets.gains())
         except Exception:
             log.exception("control tick failed")
         if self._bypass():
@@ -132,15 +142,22 @@ class RenderLoop:
         if packet is None:
             return
         self.last_input = packet.rgb
+        if self.controlnets is not None:
+            try:  # paired now: the control frames current when this frame enters the stream
+                self._pending_control.append(self.controlnets.pair(packet))
+            except Exception as exc:
+                self._failed(exc)
+                return
         self._pending.append(packet)
         if len(self._pending) < self._f:
             return
         batch, self._pending = self._pending, []
-        self._render(batch)
+        pairs, self._pending_control = self._pending_control, []
+        self._render(batch, pairs)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _render(self, batch: list[FramePacket]) -> None:
+    def _render(self, batch: list[FramePacket], pairs: list[list[Any]] | None = None) -> None:
         engine = self.engine
         f = self._f
         try:
@@ -148,9 +165,12 @@ class RenderLoop:
             meta = [(pk.t_capture, pk.seq) for pk in batch]
             # `effective`: the values with LFO modulation on top (the fader value without one)
             mix = float(getattr(self.controller, "effective", self.controller.values)["mix"])
+            extra: dict[str, Any] = {}
+            if self.controlnets is not None:
+                extra["control"] = self.controlnets.control_for(pairs or [])
             # the dry/wet mix happens on the device, inside the engine
             if self.overlap:
-                pending = engine.process_async(rgb_in, mix=mix if mix < 1.0 else None)
+                pending = engine.process_async(rgb_in, mix=mix if mix < 1.0 else None, **extra)
                 previous, self._deferred = self._deferred, (pending, meta, bool(engine.pipeline.last_skipped))
                 if previous is None:  # the first call after a (re)start: nothing to hand on yet
                     self._progress()
@@ -159,7 +179,7 @@ class RenderLoop:
                 out = pending.result()  # queued a whole call ago: normally already in host memory
                 finite = pending.finite
             else:
-                out = engine.process(rgb_in, mix=mix) if mix < 1.0 else engine.process(rgb_in)
+                out = engine.process(rgb_in, mix=mix, **extra) if mix < 1.0 else engine.process(rgb_in, **extra)
                 finite = getattr(engine, "output_finite", True)
                 skipped = engine.pipeline.last_skipped
             if finite is False:
@@ -181,15 +201,18 @@ class RenderLoop:
             )
             self._progress()
         except Exception as exc:  # keep the show going: the publisher holds or falls back
-            self.render_errors += 1
-            self.metrics.count("render_errors")
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            suppressed = self._error_log.hit()
-            if suppressed is not None:
-                more = f" ({suppressed} more since the last report)" if suppressed else ""
-                log.error("render failed (%d so far): %s%s", self.render_errors, self.last_error, more)
-                self._report(f"render failed: {self.last_error}{more}")
-            self._reset("render error")
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.render_errors += 1
+        self.metrics.count("render_errors")
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        suppressed = self._error_log.hit()
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            log.error("render failed (%d so far): %s%s", self.render_errors, self.last_error, more)
+            self._report(f"render failed: {self.last_error}{more}")
+        self._reset("render error")
 
     def _nonfinite(self) -> None:
         self.nonfinite_outputs += 1
@@ -218,6 +241,7 @@ class RenderLoop:
 
     def _drop_stream_state(self) -> None:
         self._pending.clear()
+        self._pending_control.clear()
         self._in_flight.clear()
         self._deferred = None  # a frame in flight was built on the state being dropped
 

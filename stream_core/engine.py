@@ -17,12 +17,14 @@ happens on the pipeline's device:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from stream_core.models import Components
+from stream_core.controlnet import ControlNetSpec
+from stream_core.models import Components, with_controlnets
 from stream_core.pipeline import StreamPipeline, StreamSettings
 from stream_core.prompts import PromptEncoder
 from stream_core.runner import ModelRunner, TorchRunner
@@ -151,13 +153,17 @@ class StreamEngine:
         runner: ModelRunner | None = None,
         acceleration_info: dict[str, Any] | None = None,
         frame_graph: bool = False,
+        controlnets: Sequence[ControlNetSpec] | None = None,
     ) -> None:
+        if controlnets is not None:  # exactly these ControlNets (loaded here unless already loaded)
+            components = with_controlnets(components, controlnets)
         self.components = components
         self.encoder = PromptEncoder(components.tokenizer, components.text_encoder)
-        self.runner = runner or TorchRunner(components.unet, components.vae)
+        units = list(getattr(components, "controlnets", ()) or ())
+        self.runner = runner or TorchRunner(components.unet, components.vae, [lc.model for lc in units])
         pos = self.encoder.encode(prompt)
         neg = self.encoder.encode(negative_prompt)
-        self.pipeline = StreamPipeline(self.runner, components.scheduler, settings, pos, neg)
+        self.pipeline = StreamPipeline(self.runner, components.scheduler, settings, pos, neg, controlnets=units)
         self.settings = settings
         #: what runs the networks and why (``stream_core.accel.auto.AccelChoice.as_dict()``)
         self.acceleration_info: dict[str, Any] = dict(acceleration_info or {
@@ -172,20 +178,58 @@ class StreamEngine:
         self._down_pending: list[PendingFrame | None] = [None, None]
         self._down_slot = 0
         self._frame_graph: Any = None
+        self._control_upload: list[_Uploader] | None = None
         if frame_graph:  # whole-frame CUDA graph (stream_core.accel.frame_graph), opt-in; CUDA only
             from stream_core.accel.frame_graph import FrameGraph
 
             self._frame_graph = FrameGraph(self.pipeline, capture=True)
 
-    def process(self, frames: np.ndarray | None, mix: float | None = None) -> np.ndarray:
+    def process(self, frames: np.ndarray | None, mix: float | None = None,
+                control: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """Run one stream call. ``frames``: (f, H, W, 3) uint8, or None for txt2img.
 
         ``mix`` (0..1) blends the output with the input frames on the device (1 or None: the
-        output alone). Returns (f, H, W, 3) uint8.
+        output alone). ``control``: None, or one entry per ControlNet in config order: None (this
+        call's input frames are the control image) or an (f, H', W', 3) uint8 RGB array of any
+        size (resized on the device). Returns (f, H, W, 3) uint8.
         """
-        return self.process_async(frames, mix).result()
+        return self.process_async(frames, mix, control).result()
 
-    def process_async(self, frames: np.ndarray | None, mix: float | None = None) -> PendingFrame:
+    def _control_tensors(self, control: Sequence[np.ndarray | None] | None) -> list[torch.Tensor | None] | None:
+        """uint8 control frames -> (f, 3, H', W') in [0, 1] on the device (checked first)."""
+        if control is None:
+            return None
+        entries = list(control)
+        count = self.pipeline.controlnet_count
+        if len(entries) != count:
+            raise ValueError(f"control should have one entry per ControlNet ({count}) but has {len(entries)}")
+        f = self.pipeline.f
+        checked: list[np.ndarray | None] = []
+        for k, c in enumerate(entries):
+            if c is None:
+                checked.append(None)
+                continue
+            if not isinstance(c, np.ndarray):
+                raise ValueError(f"control frame {k} should be a uint8 array, not {type(c).__name__}")
+            c = _check_frames(c)
+            if c.shape[0] != f:
+                raise ValueError(f"control frame {k} has {c.shape[0]} frame(s) but the pipeline takes {f} per call")
+            checked.append(c)
+        if self._control_upload is None:
+            self._control_upload = [_Uploader(self.runner.device) for _ in range(count)]
+        out: list[torch.Tensor | None] = []
+        for k, c in enumerate(checked):
+            if c is None:
+                out.append(None)
+                continue
+            t = self._control_upload[k](c)
+            if not self._cuda:
+                t = t.to(self.runner.device)
+            out.append(t.permute(0, 3, 1, 2).to(self.runner.dtype).mul_(1.0 / 255.0))
+        return out
+
+    def process_async(self, frames: np.ndarray | None, mix: float | None = None,
+                      control: Sequence[np.ndarray | None] | None = None) -> PendingFrame:
         """:meth:`process` without waiting for the download: the returned frame's ``ready()``
         polls it and ``result()`` waits for it."""
         if mix is not None:
@@ -194,6 +238,7 @@ class StreamEngine:
                 raise ValueError(f"mix should be within 0..1 but is {mix!r}")
             if frames is None and mix < 1.0:
                 raise ValueError("mix below 1 blends with the input frames, but there are none (txt2img)")
+        control_t = self._control_tensors(control)
         images = dry = None
         if frames is not None:
             dry = self._upload(_check_frames(frames))
@@ -201,9 +246,9 @@ class StreamEngine:
                 dry = dry.to(self.runner.device)
             images = unpack_rgb(dry, self.runner.dtype)
         if self._frame_graph is not None:
-            packed, finite = self._frame_graph(images)
+            packed, finite = self._frame_graph(images, control_t)
         else:
-            out = self.pipeline(images)
+            out = self.pipeline(images, control_t)
             finite = torch.isfinite(out).all()
             packed = pack_rgb(out)
         if mix is not None and mix < 1.0 and dry is not None:

@@ -66,6 +66,8 @@ class Components:
     device: torch.device
     dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)
+    #: ControlNets (``stream_core.controlnet.LoadedControlNet``) in config order
+    controlnets: list[Any] = field(default_factory=list)
 
 
 def mps_available() -> bool:
@@ -166,8 +168,9 @@ def needs_lcm_lora(unet_config: Any, scheduler_class: str | None) -> bool:
     return int(getattr(unet_config, "cross_attention_dim", 0) or 0) == 768 and blocks == (320, 640, 1280, 1280)
 
 
-def load_components(spec: ModelSpec) -> Components:
-    """Load tokenizer, text encoder, U-Net, VAE and an LCM scheduler for ``spec``."""
+def load_components(spec: ModelSpec, controlnets: Sequence[Any] = ()) -> Components:
+    """Load tokenizer, text encoder, U-Net, VAE and an LCM scheduler for ``spec``, and the
+    ControlNets (``stream_core.controlnet.ControlNetSpec``, in order) with their depth models."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
@@ -178,7 +181,10 @@ def load_components(spec: ModelSpec) -> Components:
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
     try:
-        return _load_components(spec)
+        comps = _load_components(spec)
+        if controlnets:
+            comps = with_controlnets(comps, controlnets, allow_download=spec.allow_download)
+        return comps
     finally:
         dlog.set_verbosity(d_level)
         tlog.set_verbosity(t_level)
@@ -297,3 +303,78 @@ def _fuse_loras(tokenizer, text_encoder, unet, vae, scheduler, lcm_source, loras
     pipe.set_adapters(names, adapter_weights=weights)
     pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
     pipe.unload_lora_weights()
+
+
+def with_controlnets(components: Components, specs: Sequence[Any], *, allow_download: bool = False) -> Components:
+    """``components`` with exactly the ControlNets of ``specs`` (``ControlNetSpec``, in order):
+    already loaded ones with the same model, preprocessor and depth model are reused, the others
+    are loaded (offline-first) on the components' device and dtype. Returns a new object."""
+    import dataclasses
+
+    from stream_core.controlnet import ControlNetSpec, LoadedControlNet
+
+    if not specs and not getattr(components, "controlnets", None):
+        return components
+    have = {lc.spec.cold_key: lc for lc in components.controlnets}
+    loaded: list[Any] = []
+    for spec in specs:
+        if not isinstance(spec, ControlNetSpec):
+            raise TypeError(f"controlnets should be ControlNetSpec objects, got {type(spec).__name__}")
+        spec.check()
+        old = have.get(spec.cold_key)
+        if old is not None:
+            loaded.append(LoadedControlNet(spec, old.model, old.depth))
+        else:
+            loaded.append(load_controlnet(spec, components.unet, components.device, components.dtype,
+                                          allow_download=allow_download))
+    info = dict(components.info)
+    info["controlnets"] = [(lc.spec.model, lc.spec.preprocessor) for lc in loaded]
+    return dataclasses.replace(components, controlnets=loaded, info=info)
+
+
+def load_controlnet(spec: Any, unet: Any, device: torch.device, dtype: torch.dtype, *,
+                    allow_download: bool = False) -> Any:
+    """One ``LoadedControlNet``: the diffusers ``ControlNetModel`` (checked against ``unet``) and,
+    for the ``depth`` preprocessor, its transformers depth-estimation model."""
+    from diffusers import ControlNetModel
+
+    from stream_core.controlnet import LoadedControlNet, check_compatible
+
+    spec.check()
+    log.info("loading ControlNet %s (preprocessor %s)", spec.model, spec.preprocessor)
+    model = _from_pretrained(ControlNetModel, spec.model, f"ControlNet {spec.model}", allow_download=allow_download)
+    try:
+        check_compatible(unet, model, spec.model)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    model.requires_grad_(False)
+    depth = None
+    if spec.preprocessor == "depth":
+        depth = load_depth_model(spec.depth_model, device, dtype, allow_download=allow_download)
+    return LoadedControlNet(spec, model, depth)
+
+
+def load_depth_model(source: str, device: torch.device, dtype: torch.dtype, *, allow_download: bool = False) -> Any:
+    """A transformers depth-estimation model (DPT, Depth Anything, ...) as a ``DepthEstimator``."""
+    from transformers import AutoModelForDepthEstimation
+
+    from stream_core.controlnet import DepthEstimator
+
+    model = _from_pretrained(AutoModelForDepthEstimation, source, f"depth model {source}", allow_download=allow_download)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    model.requires_grad_(False)
+    folder: Path | None = Path(source).expanduser()
+    if not folder.is_dir():
+        folder = None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "preprocessor_config.json")
+            if isinstance(cached, str):
+                folder = Path(cached).parent
+        except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+            pass
+    return DepthEstimator.from_folder(model, folder, source)

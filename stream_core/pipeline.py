@@ -155,6 +155,7 @@ class StreamPipeline:
         settings: StreamSettings,
         prompt_embeds: torch.Tensor,
         negative_prompt_embeds: torch.Tensor | None = None,
+        controlnets: Sequence[Any] = (),
     ) -> None:
         settings.check()
         self.runner = runner
@@ -222,6 +223,7 @@ class StreamPipeline:
         self.t_index_list: tuple[int, ...] = tuple(settings.t_index_list)
         self._set_scalars(self.t_index_list)
         self._init_temporal()
+        self._init_controlnets(controlnets)
 
     # ------------------------------------------------------------------ shapes
     @staticmethod
@@ -469,6 +471,7 @@ class StreamPipeline:
         self._wrap.zero_()
         self.filter.reset()
         self._reset_temporal()
+        self._reset_control()
 
     # ------------------------------------------------------------------ internals
     def _make_scalar_table(self) -> dict[str, torch.Tensor]:
@@ -522,10 +525,10 @@ class StreamPipeline:
         text = self._text_batch[u0 - uncond : u0 + rows.stop - rows.start]
         self._temporal_call(rows, uncond)
         if uncond:
-            eps = self.runner.unet(torch.cat([x[:uncond], x]), torch.cat([t[:uncond], t]), text)
+            eps = self._eps(torch.cat([x[:uncond], x]), torch.cat([t[:uncond], t]), text, rows, uncond)
             eu, ec = eps[:uncond], eps[uncond:]
         else:
-            eu, ec = None, self.runner.unet(x, t, text)
+            eu, ec = None, self._eps(x, t, text, rows, 0)
         self._temporal_call_done()
         if cfg == "full":
             e = eu + self._g * (ec - eu)
@@ -571,6 +574,7 @@ class StreamPipeline:
         """One stream call given the new stage-0 latents; returns the last stage's x0 estimates."""
         f, n = self.f, self.n
         x = torch.cat([x0_new, self._x_buffer]) if n > 1 else x0_new
+        self._shift_control()
         if self.cfg_type == "self":
             self._stage0_stock(self._stock)
         x0_hat, delta = self._stage_step(x, self._stock, slice(0, n * f), self._uncond_rows)
@@ -591,6 +595,7 @@ class StreamPipeline:
         stock = self._stock[:f]
         if self.cfg_type == "self":
             self._stage0_stock(stock)
+        self._fill_control()
         for i in range(n):
             uncond = f if self.cfg_type == "full" or (self.cfg_type == "initialize" and i == 0) else 0
             x0_hat, delta = self._stage_step(x, stock, slice(i * f, (i + 1) * f), uncond)
@@ -640,14 +645,18 @@ class StreamPipeline:
         return images
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor | None = None, control: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """``control``: one entry per ControlNet (see :meth:`stage_control`); None: the input frames."""
         self.last_skipped = False
+        self.check_control(control, images is not None)
         if images is not None:
             images = self.admit(images, self._last_output is not None)
             if images is None:
                 return self._last_output
+            self.stage_control(control, images)
             z = self.runner.encode(images)
         else:
+            self.stage_control(control, None)
             z = None
         out_latents = self.denoise(z)
         self.calls += 1
@@ -674,6 +683,172 @@ class StreamPipeline:
 
     def txt2img(self) -> torch.Tensor:
         return self(None)
+
+    # ------------------------------------------------------------------ ControlNets
+    # Each ControlNet k keeps ``_cn_rows[k]`` (n*f, 3, H, W): row i*f + j is the control image of
+    # the frame in stage i, slot j (RGB in [0, 1], the output's size), shifted down one stage per
+    # stream step exactly like the latents, so every row is conditioned on its own frame.
+    # ``_cn_new[k]`` holds this call's new frames. Inactive ControlNets (disabled or scale 0) are
+    # never called and their rows are not kept; when one turns active again its rows are refilled
+    # from the next frame. The active set is Python state: a compiled whole-frame graph keys on it.
+
+    def _init_controlnets(self, controlnets: Sequence[Any]) -> None:
+        from stream_core.controlnet import check_scale
+
+        units = list(controlnets)
+        have = int(getattr(self.runner, "controlnet_count", 0))
+        if units and have != len(units):
+            raise ValueError(f"{len(units)} ControlNet(s) configured but the runner drives {have}")
+        dev, dt = self.device, self.dtype
+        h, w = self.settings.height, self.settings.width
+        rows = self.n * self.f
+        self._cn_units = units
+        self._cn_specs = [u.spec for u in units]
+        self._cn_depth = [u.depth for u in units]
+        self._cn_rows = [torch.zeros((rows, 3, h, w), device=dev, dtype=dt) for _ in units]
+        self._cn_new = [torch.zeros((self.f, 3, h, w), device=dev, dtype=dt) for _ in units]
+        self._cn_scale = [torch.zeros((), device=dev, dtype=torch.float32) for _ in units]
+        self._cn_scale_values = [check_scale(sp.scale) for sp in self._cn_specs]
+        self._cn_enabled_values = [bool(sp.enabled) for sp in self._cn_specs]
+        for k, v in enumerate(self._cn_scale_values):
+            self._cn_scale[k].fill_(v)
+        self._cn_fill = [True] * len(units)  # rows to fill from the next frame (not carried yet)
+        self._cn_active: tuple[int, ...] = self._active_controlnets()
+
+    def _active_controlnets(self) -> tuple[int, ...]:
+        return tuple(k for k in range(len(self._cn_units))
+                     if self._cn_enabled_values[k] and self._cn_scale_values[k] > 0.0)
+
+    @property
+    def controlnet_count(self) -> int:
+        return len(self._cn_units)
+
+    @property
+    def controlnet_scales(self) -> tuple[float, ...]:
+        return tuple(self._cn_scale_values)
+
+    @property
+    def controlnet_enabled(self) -> tuple[bool, ...]:
+        return tuple(self._cn_enabled_values)
+
+    @property
+    def controlnet_active(self) -> tuple[int, ...]:
+        """Indices of the ControlNets that run (enabled, scale > 0): the part of the hot path's
+        shape that live changes can alter."""
+        return self._cn_active
+
+    @property
+    def controlnet_preprocessors(self) -> tuple[str, ...]:
+        return tuple(sp.preprocessor for sp in self._cn_specs)
+
+    def set_controlnet(self, index: int, *, scale: float | None = None, enabled: bool | None = None) -> None:
+        """Live: a ControlNet's conditioning scale and/or on/off, from the next frame on. Scale 0
+        or disabled: the ControlNet is not called. Nothing changes when a value is refused."""
+        from stream_core.controlnet import check_scale
+
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self._cn_units):
+            raise ValueError(f"controlnet index should be 0..{len(self._cn_units) - 1} but is {index!r}"
+                             if self._cn_units else f"no ControlNet is configured (index {index!r})")
+        if scale is not None:
+            scale = check_scale(scale)
+        if enabled is not None and not isinstance(enabled, (bool, int)):
+            raise ValueError(f"controlnet enabled should be true or false but is {enabled!r}")
+        was = index in self._cn_active
+        if scale is not None:
+            self._cn_scale_values[index] = scale
+            self._cn_scale[index].fill_(scale)
+        if enabled is not None:
+            self._cn_enabled_values[index] = bool(enabled)
+        self._cn_active = self._active_controlnets()
+        if not was and index in self._cn_active:
+            self._cn_fill[index] = True
+
+    def check_control(self, control: Sequence[torch.Tensor | None] | None, have_images: bool) -> None:
+        """Validate a call's control argument before anything changes (see :meth:`stage_control`)."""
+        count = len(self._cn_units)
+        if control is None:
+            entries: list[Any] = [None] * count
+        else:
+            entries = list(control)
+            if len(entries) != count:
+                raise ValueError(f"control should have one entry per ControlNet ({count}) but has {len(entries)}")
+        for k, c in enumerate(entries):
+            pre = self._cn_specs[k].preprocessor
+            if c is None:
+                if pre == "canny":
+                    raise ValueError(f"ControlNet {k} (canny) needs its edge image: the caller makes it; got None")
+                if not have_images:
+                    raise ValueError(f"ControlNet {k} has no control image: txt2img has no input frame to use")
+                continue
+            if not isinstance(c, torch.Tensor) or c.dim() != 4 or c.shape[0] != self.f or c.shape[1] != 3:
+                got = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+                raise ValueError(f"control image {k} should be shaped ({self.f}, 3, H, W) in [0, 1] but is {got}")
+            if not c.is_floating_point():
+                raise ValueError(f"control image {k} should be a float tensor in [0, 1] but is {c.dtype}")
+
+    def stage_control(self, control: Sequence[torch.Tensor | None] | None, images: torch.Tensor | None) -> None:
+        """Put this call's control images (one per ControlNet: an ``(f, 3, H', W')`` tensor in
+        [0, 1], any size, or None for the input ``images`` in [-1, 1]) into the static buffers,
+        resized to the output size and, for ``depth``, through the depth model, on the device.
+        Only the active ControlNets' images are made. Called once per processed call, before
+        :meth:`denoise`."""
+        if not self._cn_units:
+            return
+        from stream_core.controlnet import resize_control
+
+        entries = [None] * len(self._cn_units) if control is None else list(control)
+        h, w = self.settings.height, self.settings.width
+        for k in self._cn_active:
+            c = entries[k]
+            if c is None:
+                if images is None:
+                    raise ValueError(f"ControlNet {k} has no control image: txt2img has no input frame to use")
+                src = (images.to(self.device, self.dtype) + 1.0) * 0.5
+            else:
+                src = resize_control(c.to(self.device, self.dtype), h, w)
+            depth = self._cn_depth[k]
+            if self._cn_specs[k].preprocessor == "depth" and depth is not None:
+                src = depth(src).to(self.dtype)
+            self._cn_new[k].copy_(src)
+            if self._cn_fill[k]:
+                self._cn_rows[k].copy_(self._cn_new[k].repeat(self.n, 1, 1, 1))
+                self._cn_fill[k] = False
+
+    def _shift_control(self) -> None:
+        """One stream step: every active ControlNet's rows move down one stage; the new frames
+        take stage 0 (the same shift as the latent buffer)."""
+        f = self.f
+        for k in self._cn_active:
+            rows = self._cn_rows[k]
+            if self.n > 1:
+                rows[f:].copy_(rows[:-f].clone())
+            rows[:f].copy_(self._cn_new[k])
+
+    def _fill_control(self) -> None:
+        """Sequential denoising: every stage of the new frames uses their own control image."""
+        for k in self._cn_active:
+            self._cn_rows[k].copy_(self._cn_new[k].repeat(self.n, 1, 1, 1))
+
+    def _reset_control(self) -> None:
+        for k in range(len(self._cn_units)):
+            self._cn_rows[k].zero_()
+            self._cn_fill[k] = True
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, rows: slice, uncond: int) -> torch.Tensor:
+        """The U-Net's noise prediction for a batch whose first ``uncond`` rows are the negative
+        pass of the stream rows ``rows[:uncond]``, then the stream rows ``rows``. With active
+        ControlNets, one call per ControlNet for the whole batch (each row with its own frame's
+        control image and its own text embedding); their residuals add."""
+        if not self._cn_active:
+            return self.runner.unet(x, t, text)
+        residuals: list[torch.Tensor] | None = None
+        for k in self._cn_active:
+            cond = self._cn_rows[k][rows]
+            if uncond:
+                cond = torch.cat([cond[:uncond], cond])
+            r = self.runner.controlnet(k, x, t, text, cond, self._cn_scale[k])
+            residuals = list(r) if residuals is None else [a + b for a, b in zip(residuals, r, strict=True)]
+        return self.runner.unet_residuals(x, t, text, residuals)
 
     # ------------------------------------------------------------------ temporal consistency
     # Cached attention and feature injection live in stream_core.temporal (a bank installed as the

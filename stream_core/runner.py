@@ -7,6 +7,7 @@ same calls with the same (static) shapes, so switching backend never changes the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -33,6 +34,23 @@ def vae_decode(vae: Any, latents: torch.Tensor, scaling_factor: float) -> torch.
     return vae.decode(latents / scaling_factor, return_dict=False)[0]
 
 
+def controlnet_residuals(model: Any, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                         cond: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:
+    """One ControlNet evaluation: its down-block residuals then its mid-block residual, times
+    ``scale`` (a 0-dim tensor, so a live change needs no new graph). Every backend uses this."""
+    down, mid = model(latents, timesteps, encoder_hidden_states=text_embeds, controlnet_cond=cond,
+                      conditioning_scale=1.0, return_dict=False)
+    return [r * scale for r in (*down, mid)]
+
+
+def unet_with_residuals(unet: Any, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                        residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The U-Net with ControlNet residuals added to its skip connections (down..., mid)."""
+    res = list(residuals)
+    return unet(latents, timesteps, encoder_hidden_states=text_embeds, down_block_additional_residuals=res[:-1],
+                mid_block_additional_residual=res[-1], return_dict=False)[0]
+
+
 @runtime_checkable
 class ModelRunner(Protocol):
     """What the pipeline needs from the networks.
@@ -41,6 +59,11 @@ class ModelRunner(Protocol):
     * ``encode(images (F,3,H,W) in [-1,1]) -> latents (F,4,H/8,W/8)``, already multiplied by the
       VAE's scaling factor.
     * ``decode(latents) -> images in [-1,1]``; takes scaled latents (divides by the factor).
+
+    Runners that drive ControlNets (``controlnet_count > 0``) also have
+    ``controlnet(index, latents, timesteps, text_embeds, cond (B,3,H,W) in [0,1], scale 0-dim)
+    -> residuals`` (the down-block residuals then the mid-block one, already scaled) and
+    ``unet_residuals(latents, timesteps, text_embeds, residuals) -> eps``.
     """
 
     device: torch.device
@@ -60,13 +83,29 @@ class TorchRunner:
     latent distribution, so encoding is deterministic).
     """
 
-    def __init__(self, unet: Any, vae: Any) -> None:
+    def __init__(self, unet: Any, vae: Any, controlnets: Sequence[Any] = ()) -> None:
         self.unet_model = unet
         self.vae = vae
         param = next(unet.parameters())
         self.device = param.device
         self.dtype = param.dtype
         self.scaling_factor = vae_scaling_factor(vae)
+        #: diffusers ``ControlNetModel`` objects, in config order
+        self.controlnet_models = list(controlnets)
+
+    @property
+    def controlnet_count(self) -> int:
+        return len(self.controlnet_models)
+
+    @torch.inference_mode()
+    def controlnet(self, index: int, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                   cond: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:
+        return controlnet_residuals(self.controlnet_models[index], latents, timesteps, text_embeds, cond, scale)
+
+    @torch.inference_mode()
+    def unet_residuals(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                       residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+        return unet_with_residuals(self.unet_model, latents, timesteps, text_embeds, residuals)
 
     @torch.inference_mode()
     def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -91,6 +130,22 @@ class CountingRunner:
         self.unet_batches: list[int] = []
         self.encode_batches: list[int] = []
         self.decode_batches: list[int] = []
+        #: (ControlNet index, batch) of every ControlNet call
+        self.controlnet_calls: list[tuple[int, int]] = []
+
+    @property
+    def controlnet_count(self) -> int:
+        return int(getattr(self.inner, "controlnet_count", 0))
+
+    def controlnet(self, index: int, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                   cond: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:
+        self.controlnet_calls.append((index, int(latents.shape[0])))
+        return self.inner.controlnet(index, latents, timesteps, text_embeds, cond, scale)
+
+    def unet_residuals(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                       residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+        self.unet_batches.append(int(latents.shape[0]))
+        return self.inner.unet_residuals(latents, timesteps, text_embeds, residuals)
 
     def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         self.unet_batches.append(int(latents.shape[0]))

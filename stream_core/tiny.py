@@ -162,3 +162,79 @@ def make_tiny_model(folder: str | Path, seed: int = 0, size: str = "tiny") -> Pa
     }
     (out / "model_index.json").write_text(json.dumps(model_index, indent=2), encoding="utf-8")
     return out
+
+
+def make_tiny_controlnet(folder: str | Path, model: str | Path, seed: int = 1) -> Path:
+    """Write a random ControlNet matching the U-Net of the diffusers model at ``model`` (diffusers'
+    ``ControlNetModel``, the SD1.5 ControlNet architecture at the U-Net's size) to ``folder``.
+
+    A fresh ControlNet's output convolutions are zero (it adds nothing until trained); here they
+    are random too, so that the control image really changes the result."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet", local_files_only=True)
+    torch.manual_seed(seed)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32),
+                                   load_weights_from_unet=True)
+    _randomise_zero_convs(cn, seed)
+    out = Path(folder)
+    cn.eval().save_pretrained(out)
+    return out
+
+
+def _randomise_zero_convs(cn: object, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1000)
+    emb = cn.controlnet_cond_embedding  # type: ignore[attr-defined]
+    # the conditioning embedding with a gain that keeps its activations from fading (so that the
+    # control image, not only its mean, reaches the residuals), then the zero convolutions
+    convs = [(emb.conv_in, 1.5), *((b, 1.5) for b in emb.blocks), (emb.conv_out, 1.5),
+             *((c, 0.3) for c in cn.controlnet_down_blocks), (cn.controlnet_mid_block, 0.3)]  # type: ignore[attr-defined]
+    with torch.no_grad():
+        for conv, gain in convs:
+            fan_in = conv.weight[0].numel()
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * gain / fan_in**0.5)
+            if conv.bias is not None:
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.01)
+
+
+def make_tiny_depth_model(folder: str | Path, seed: int = 2) -> Path:
+    """Write a random transformers depth-estimation model (DPT, 0.1 M parameters, 32 px input)
+    with its ``preprocessor_config.json`` to ``folder``."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    torch.manual_seed(seed)
+    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
+                    image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+                    neck_hidden_sizes=[8, 16, 16, 16], fusion_hidden_size=16, is_hybrid=False,
+                    reassemble_factors=[4, 2, 1, 0.5])
+    model = DPTForDepthEstimation(cfg).eval()
+    # default initialisation leaves a random DPT's prediction near 1e-9 everywhere; a fan-in
+    # scaled one gives a depth map that really depends on the picture
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d)):
+                fan_in = mod.weight[0].numel()
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * 1.5 / fan_in**0.5)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+    out = Path(folder)
+    model.save_pretrained(out)
+    processor = {
+        "image_processor_type": "DPTImageProcessor",
+        "do_resize": True,
+        "size": {"height": 32, "width": 32},
+        "keep_aspect_ratio": False,
+        "ensure_multiple_of": 1,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2), encoding="utf-8")
+    return out

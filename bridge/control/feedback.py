@@ -33,14 +33,15 @@ from typing import Any, Protocol
 from bridge.control.codec import encode_message
 from bridge.control.server import UdpSender
 from bridge.control.surface import validate_ranges
-from bridge.params import NORM_PREFIX, PARAMS, normalize
+from bridge.params import NORM_PREFIX, PARAMS, ParamSpec, normalize
 
 log = logging.getLogger("bridge.control.feedback")
 
 ERROR_ADDRESS = "/sd/error"
 STATUS_PREFIX = "/sd/status/"
 MAX_REASON_CHARS = 300
-_STATUS_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# a key may have path parts: "control/0/state" goes out on /sd/status/control/0/state
+_STATUS_KEY_RE = re.compile(r"^(?=.{1,64}$)[a-z][a-z0-9_]*(?:/[a-z0-9_]+)*$")
 
 Dest = Any  # whatever the transport's resolve() returns
 
@@ -129,6 +130,7 @@ class FeedbackSender:
         error_burst: int = 10,
         transport: Transport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        params: Mapping[str, ParamSpec] | None = None,
     ) -> None:
         if status_hz <= 0:
             raise ValueError("status_hz must be > 0")
@@ -143,7 +145,8 @@ class FeedbackSender:
                 continue
             self._dests.append(self.transport.resolve(host, port))
             self.targets.append((host, port))
-        self.ranges = validate_ranges(ranges)
+        self.params: Mapping[str, ParamSpec] = PARAMS if params is None else dict(params)
+        self.ranges = validate_ranges(ranges, self.params)
         self.echo_normalized = echo_normalized
         self.status_interval = 1.0 / status_hz
         self._clock = clock
@@ -161,7 +164,7 @@ class FeedbackSender:
     def send_params(self, changed: Mapping[str, Any]) -> None:
         """Echo changed parameters (name -> value) on their addresses."""
         for name, value in changed.items():
-            spec = PARAMS.get(name)
+            spec = self.params.get(name)
             if spec is None and name.startswith("lfo/"):  # an LFO field: /sd/lfo/<param>/<field>
                 self._send("/sd/" + name, _osc_value(value))
                 continue

@@ -76,8 +76,10 @@ _LFO_RANGES = {"rate": (MIN_RATE, MAX_RATE), "depth": (0.0, MAX_DEPTH), "depth_n
 
 def _leaf(surface: ControlSurface, address: str, values: Mapping[str, Any], presets: Sequence[str]) -> dict[str, Any]:
     """The OSCQuery attributes of one accepted address."""
-    if address in BY_ADDRESS:
-        spec = BY_ADDRESS[address]
+    by_address = getattr(surface, "by_address", BY_ADDRESS)
+    numeric = getattr(surface, "normalizable", NORMALIZABLE)
+    if address in by_address:
+        spec = by_address[address]
         value = values.get(spec.name, spec.default)
         node: dict[str, Any] = {"TYPE": _TYPE_TAGS[spec.kind], "ACCESS": ACCESS_RW, "VALUE": [value],
                                 "DESCRIPTION": spec.doc}
@@ -85,8 +87,8 @@ def _leaf(surface: ControlSurface, address: str, values: Mapping[str, Any], pres
             node["RANGE"] = [{"MIN": spec.lo, "MAX": spec.hi}]
             node["DESCRIPTION"] += " (values outside the range are rejected, not clamped)"
         return node
-    if address in NORMALIZABLE:
-        spec = NORMALIZABLE[address]
+    if address in numeric:
+        spec = numeric[address]
         lo, hi = surface.control_range(spec.name)
         value = values.get(spec.name, spec.default)
         return {"TYPE": "f", "ACCESS": ACCESS_RW, "VALUE": [round(normalize(spec, value, (lo, hi)), 6)],

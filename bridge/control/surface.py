@@ -41,7 +41,7 @@ from bridge.control.codec import (
 )
 from bridge.lfo import FIELDS as LFO_FIELDS
 from bridge.lfo import LFO_TARGETS, check_field
-from bridge.params import NORMALIZABLE, PARAMS, ParamSpec, denormalize
+from bridge.params import NORMALIZABLE, PARAMS, ParamSpec, denormalize, normalizable
 
 _I32 = struct.Struct(">i")
 PATTERN_CHARS = "*?[]{}!,"
@@ -177,16 +177,19 @@ def _is_number(value: OscArg) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def validate_ranges(ranges: Mapping[str, Any] | None) -> dict[str, tuple[float, float]]:
+def validate_ranges(
+    ranges: Mapping[str, Any] | None, params: Mapping[str, ParamSpec] | None = None
+) -> dict[str, tuple[float, float]]:
     """Check ``/sd/norm`` control ranges: ``{param_name: (lo, hi)}``, each end finite and inside
     the parameter's hard range, ``lo != hi`` (``lo > hi`` inverts the fader). Raises ValueError
-    naming the bad entry."""
+    naming the bad entry. ``params`` is the parameter table (default: the static one)."""
     out: dict[str, tuple[float, float]] = {}
-    normalizable = {spec.name: spec for spec in NORMALIZABLE.values()}
+    table = NORMALIZABLE if params is None else normalizable(dict(params))
+    numeric = {spec.name: spec for spec in table.values()}
     for name, rng in (ranges or {}).items():
-        spec = normalizable.get(name)
+        spec = numeric.get(name)
         if spec is None:
-            known = ", ".join(sorted(normalizable))
+            known = ", ".join(sorted(numeric))
             raise ValueError(f"osc range for {name!r}: not a numeric parameter (known: {known})")
         try:
             lo, hi = rng
@@ -215,15 +218,21 @@ class ControlSurface:
     """Validates decoded OSC packets against the address table.
 
     ``ranges`` narrows the 0..1 mapping of ``/sd/norm/<param>`` per parameter name (see
-    :func:`validate_ranges`); parameters without an entry map onto their hard range.
+    :func:`validate_ranges`); parameters without an entry map onto their hard range. ``params``
+    is the live parameter table (default: the static one; :func:`bridge.params.live_params` adds
+    the configured ControlNets' parameters).
     """
 
-    def __init__(self, ranges: Mapping[str, Any] | None = None) -> None:
-        self.ranges = validate_ranges(ranges)
+    def __init__(self, ranges: Mapping[str, Any] | None = None,
+                 params: Mapping[str, ParamSpec] | None = None) -> None:
+        self.params: dict[str, ParamSpec] = dict(PARAMS if params is None else params)
+        self.by_address: dict[str, ParamSpec] = {p.address: p for p in self.params.values()}
+        self.normalizable: dict[str, ParamSpec] = normalizable(self.params)
+        self.ranges = validate_ranges(ranges, self.params)
         self._handlers: dict[str, Callable[[OscMessage], Command | None]] = {}
-        for spec in PARAMS.values():
+        for spec in self.params.values():
             self._handlers[spec.address] = self._param_handler(spec)
-        for address, spec in NORMALIZABLE.items():
+        for address, spec in self.normalizable.items():
             self._handlers[address] = self._norm_handler(spec)
         self._handlers[ADDR_PRESET] = self._recall
         self._handlers[ADDR_PRESET_SAVE] = self._save
@@ -238,10 +247,10 @@ class ControlSurface:
         self._lower = {a.lower(): a for a in self._handlers}
         # the fast path: what every fader sends, one message with one f or i argument
         self._fast: dict[bytes, ParamSpec] = {
-            spec.address.encode(): spec for spec in PARAMS.values() if spec.kind is not str
+            spec.address.encode(): spec for spec in self.params.values() if spec.kind is not str
         }
         # ...and the /sd/norm/<param> form of each number (half of what a TouchDesigner panel sends)
-        self._fast_norm: dict[bytes, ParamSpec] = {address.encode(): spec for address, spec in NORMALIZABLE.items()}
+        self._fast_norm: dict[bytes, ParamSpec] = {address.encode(): spec for address, spec in self.normalizable.items()}
 
     @property
     def addresses(self) -> list[str]:
@@ -252,7 +261,7 @@ class ControlSurface:
         """The 0..1 control range of a numeric parameter."""
         if name in self.ranges:
             return self.ranges[name]
-        return PARAMS[name].control_range
+        return self.params[name].control_range
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -331,6 +340,16 @@ class ControlSurface:
     # -- handlers -------------------------------------------------------------------------------
 
     def _unknown_reason(self, address: str) -> str:
+        if address.startswith(("/sd/controlnet/", "/sd/norm/controlnet/")):
+            indices = sorted({int(p.address.split("/")[3]) for p in self.params.values()
+                              if p.address.startswith("/sd/controlnet/")})
+            part = address.split("/")[4 if address.startswith("/sd/norm/") else 3] if address.count("/") >= 3 else ""
+            if not indices:
+                return "unknown address (no ControlNet is configured: see controlnets: in the config)"
+            if not part.isdigit() or int(part) not in indices:
+                return f"unknown address: no ControlNet {part[:16]!r} (configured: {', '.join(map(str, indices))})"
+            if "/canny/" in address:
+                return f"unknown address: ControlNet {part} has no canny thresholds (its preprocessor is not canny)"
         for candidate in (address.rstrip("/"), "/sd" + address, address.lower()):
             hit = self._lower.get(candidate.lower()) if candidate else None
             if hit is not None and hit != address:

@@ -48,7 +48,9 @@ class SourceWorker:
     reconnection, so each attempt gets a fresh backend object. ``clock`` and ``sleep`` are
     injectable; with the defaults ``sleep`` waits on the stop event, so :meth:`stop` interrupts a
     backoff wait at once. ``previews`` (optional) gets every converted frame too (latest wins):
-    the publisher reads it for bypass and the render-stall fallback. ``on_state(state, detail)`` is called once per state change (from the
+    the publisher reads it for bypass and the render-stall fallback. ``derive`` (optional) turns each
+    packet into the one put into ``out_mailbox`` on this thread (e.g. attaching a ControlNet's edge
+    image); a frame it fails on is dropped and counted as ``derive_errors``. ``on_state(state, detail)`` is called once per state change (from the
     worker thread; keep it quick). The state is also published as ``metrics`` state ``source``.
     """
 
@@ -69,6 +71,7 @@ class SourceWorker:
         name: str = "source",
         previews: LatestMailbox[FramePacket] | None = None,
         watchdog_interval: float | None = 0.05,
+        derive: Callable[[FramePacket], FramePacket] | None = None,
     ) -> None:
         if not 0 < read_timeout <= 0.25:
             raise ValueError(f"read_timeout should be in (0, 0.25] s but is {read_timeout!r}")
@@ -79,6 +82,8 @@ class SourceWorker:
         self._pre = Preprocessor(resizer, yuv=yuv, max_dim=max_dim)
         self._out = out_mailbox
         self._previews = previews
+        self._derive = derive
+        self._derive_log = LogThrottle(10.0, clock)
         self._metrics = metrics
         self._clock = clock
         self._stop_event = threading.Event()
@@ -313,7 +318,17 @@ class SourceWorker:
             t_capture = now
         seq = frame.seq if isinstance(frame.seq, int) else 0
         packet = FramePacket(rgb, float(t_capture), seq)
-        self._out.put(packet)
+        if self._derive is None:
+            self._out.put(packet)
+        else:
+            try:
+                self._out.put(self._derive(packet))
+            except Exception as exc:  # e.g. the control image of a ControlNet: drop, count, report
+                self._metrics.count("derive_errors")
+                suppressed = self._derive_log.hit(now)
+                if suppressed is not None:
+                    logger.warning("source %s: frame dropped, deriving from it failed: %s%s", self._described,
+                                   _describe_exc(exc), f" ({suppressed} more since the last report)" if suppressed else "")
         if self._previews is not None:
             self._previews.put(packet)
 

@@ -78,7 +78,7 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
     of that backend at all, so a machine with an empty cache pays nothing.
     """
     from stream_core.accel.cache import BACKEND_DIRS, EngineCache, identify
-    from stream_core.accel.engines import RUNNER_COMPONENTS, _target, engine_key
+    from stream_core.accel.engines import RUNNER_COMPONENTS, _target, control_keys, engine_key
     from stream_core.accel.errors import AccelError
     from stream_core.accel.export import text_shape
 
@@ -97,7 +97,8 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
         key = engine_key(identity, target, comp, shape, text, options.exporter)
         if cache.lookup(key).entry is None:
             return False
-    return True
+    return all(cache.lookup(key).entry is not None
+               for key in control_keys(identity, target, shape, text, options.exporter))
 
 
 def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_dir: Path | str, allow_build: bool,

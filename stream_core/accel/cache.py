@@ -40,6 +40,8 @@ SIDECAR_FORMAT = 1
 BACKEND_DIRS: dict[str, str] = {"tensorrt": "trt", "onnxruntime": "ort"}
 ENGINE_SUFFIX: dict[str, str] = {"tensorrt": ".plan", "onnxruntime": ".onnx"}
 COMPONENTS: tuple[str, ...] = ("unet", "vae_enc", "vae_dec", "text")
+#: graphs made only when ControlNets are configured: one per ControlNet, and the U-Net taking residuals
+CONTROL_COMPONENTS: tuple[str, ...] = ("controlnet", "unet_res")
 QUARANTINE = "quarantine"
 _CHUNK = 4 << 20
 
@@ -225,6 +227,17 @@ class ModelIdentity:
     model: str
     vae: str
     loras: tuple[tuple[str, float], ...] = ()
+    #: the ControlNets' weights, in config order (empty without ControlNets)
+    controlnets: tuple[str, ...] = ()
+
+
+def controlnet_identity(unit: Any, memo: HashMemo) -> str:
+    """Identity of a loaded ControlNet (``stream_core.controlnet.LoadedControlNet``)."""
+    source = str(getattr(unit.spec, "model", "") or "")
+    p = Path(source).expanduser()
+    if p.exists() or _looks_like_hub_id(source):
+        return source_identity(source, memo)
+    return module_identity(unit.model)
 
 
 def identify(components: Any, memo: HashMemo) -> ModelIdentity:
@@ -250,8 +263,9 @@ def identify(components: Any, memo: HashMemo) -> ModelIdentity:
         loras.append((source_identity(str(info["lcm_lora"]), memo), 1.0))
     for src, scale in info.get("loras") or ():
         loras.append((source_identity(str(src), memo), float(scale)))
+    controlnets = tuple(controlnet_identity(u, memo) for u in getattr(components, "controlnets", ()) or ())
     memo.save()
-    return ModelIdentity(model=model, vae=vae, loras=tuple(loras))
+    return ModelIdentity(model=model, vae=vae, loras=tuple(loras), controlnets=controlnets)
 
 
 # ---------------------------------------------------------------------------- the key
@@ -283,16 +297,24 @@ class EngineKey:
     cfg_type: str | None = None
     text_len: int | None = None
     text_dim: int | None = None
+    #: ``controlnet`` graphs: the ControlNet's weights (left out of the digest when None, so
+    #: keys without ControlNets are what they always were)
+    controlnet: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_DIRS:
             raise ValueError(f"backend should be one of {', '.join(BACKEND_DIRS)} but is {self.backend!r}")
-        if self.component not in COMPONENTS:
-            raise ValueError(f"component should be one of {', '.join(COMPONENTS)} but is {self.component!r}")
+        if self.component not in COMPONENTS + CONTROL_COMPONENTS:
+            raise ValueError(f"component should be one of {', '.join(COMPONENTS + CONTROL_COMPONENTS)} "
+                             f"but is {self.component!r}")
+        if self.component == "controlnet" and self.controlnet is None:
+            raise ValueError("a controlnet key names its ControlNet's weights")
 
     def fields(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["loras"] = [[s, float(w)] for s, w in self.loras]
+        if d["controlnet"] is None:
+            del d["controlnet"]
         return d
 
     def digest(self) -> str:

@@ -73,10 +73,16 @@ class CompileKey:
     channels_last: bool
     attention: str = "sdpa"
     fp8: bool = False
+    #: the ControlNets compiled with the runner (left out of the digest when there are none)
+    controlnets: tuple[str, ...] = ()
 
     def fields(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["loras"] = [[s, float(w)] for s, w in self.loras]
+        if self.controlnets:
+            d["controlnets"] = list(self.controlnets)
+        else:
+            del d["controlnets"]
         return d
 
     def digest(self) -> str:
@@ -99,7 +105,7 @@ def compile_key(identity: Any, shape: Any, *, dtype: torch.dtype, device: torch.
         cfg_type=shape.cfg_type, dtype=str(dtype).removeprefix("torch."), torch=torch.__version__,
         cuda=str(torch.version.cuda or "none"), device=device_identity(device), compile_mode=compile_mode,
         cuda_graphs=bool(cuda_graphs), channels_last=bool(channels_last),
-        attention=attention, fp8=bool(fp8),
+        attention=attention, fp8=bool(fp8), controlnets=tuple(getattr(identity, "controlnets", ()) or ()),
     )
 
 

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stream_core.accel.errors import BackendUnavailableError
-from stream_core.runner import TorchRunner, vae_decode, vae_encode
+from stream_core.runner import (
+    TorchRunner,
+    controlnet_residuals,
+    unet_with_residuals,
+    vae_decode,
+    vae_encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class CudaGraphCall:
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: list[torch.Tensor] = []
-        self.static_out: torch.Tensor | None = None
+        self.static_out: Any = None
 
     def _check(self, args: tuple[torch.Tensor, ...]) -> None:
         for i, (a, s) in enumerate(zip(args, self.static_in, strict=True)):
@@ -87,7 +93,7 @@ class CudaGraphCall:
         log.info("%s: CUDA graph captured in %.1f s", self.name, time.perf_counter() - t0)
 
     @torch.inference_mode()
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> Any:
         if self.graph is None:
             self._capture(args)
         else:
@@ -96,6 +102,8 @@ class CudaGraphCall:
                 s.copy_(a, non_blocking=True)
         assert self.graph is not None and self.static_out is not None
         self.graph.replay()
+        if isinstance(self.static_out, (list, tuple)):  # a ControlNet's residuals
+            return [t.clone() for t in self.static_out]
         return self.static_out.clone()
 
 
@@ -103,16 +111,20 @@ class CompiledRunner:
     """TorchRunner maths with CUDA graphs and/or torch.compile (see the module docstring)."""
 
     def __init__(self, unet: Any, vae: Any, *, compile_mode: str | None = None, cuda_graphs: bool | None = None,
-                 channels_last: bool = False, attention: str = "sdpa") -> None:
+                 channels_last: bool = False, attention: str = "sdpa", controlnets: Sequence[Any] = ()) -> None:
         if attention not in ATTENTIONS:
             raise ValueError(f"attention should be one of {', '.join(ATTENTIONS)} but is {attention!r}")
         set_attention(unet, attention)
+        for cn in controlnets:
+            set_attention(cn, attention)
         if channels_last:
             # NHWC activations: convolutions pick their channels-last kernels (an option chosen by
             # measurement, see docs/acceleration.md); the maths is unchanged
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
-        self.base = TorchRunner(unet, vae)
+            for cn in controlnets:
+                cn.to(memory_format=torch.channels_last)
+        self.base = TorchRunner(unet, vae, controlnets)
         self.device = self.base.device
         self.dtype = self.base.dtype
         on_cuda = self.device.type == "cuda"
@@ -152,14 +164,23 @@ class CompiledRunner:
             unet_fn = torch.compile(unet_fn, mode=mode, dynamic=False)
             enc_fn = torch.compile(enc_fn, mode=mode, dynamic=False)
             dec_fn = torch.compile(dec_fn, mode=mode, dynamic=False)
+        # ControlNets: one call per ControlNet, and the U-Net taking their residuals (static shapes too)
+        cn_fns: list[Callable[..., Any]] = [self._controlnet_body(k) for k in range(self.base.controlnet_count)]
+        res_fn: Callable[..., torch.Tensor] = self._unet_res_eager
+        if mode is not None:
+            cn_fns = [torch.compile(fn, mode=mode, dynamic=False) for fn in cn_fns]
+            res_fn = torch.compile(res_fn, mode=mode, dynamic=False)
         if cuda_graphs:
             # one private memory pool per graph: the pipeline replays them in another order
             # (encode, unet, decode) than they are captured in, so they must not share one
             self._unet_call: Callable[..., torch.Tensor] = CudaGraphCall(unet_fn, "unet")
             self._enc_call: Callable[..., torch.Tensor] = CudaGraphCall(enc_fn, "vae_enc")
             self._dec_call: Callable[..., torch.Tensor] = CudaGraphCall(dec_fn, "vae_dec")
+            self._cn_calls: list[Callable[..., Any]] = [CudaGraphCall(fn, f"controlnet{k}") for k, fn in enumerate(cn_fns)]
+            self._unet_res_call: Callable[..., torch.Tensor] = CudaGraphCall(res_fn, "unet_res")
         else:
             self._unet_call, self._enc_call, self._dec_call = unet_fn, enc_fn, dec_fn
+            self._cn_calls, self._unet_res_call = cn_fns, res_fn
 
     def set_package_folder(self, folder: Any) -> None:
         """Where ``compile_mode: aot`` keeps (and finds) its packages: ``<folder>/<call>.pt2``."""
@@ -178,6 +199,33 @@ class CompiledRunner:
     # eager bodies (what gets compiled / captured)
     def _unet_eager(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         return self.base.unet_model(latents, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
+
+    def _controlnet_body(self, k: int) -> Callable[..., list[torch.Tensor]]:
+        model = self.base.controlnet_models[k]
+
+        def body(latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor, cond: torch.Tensor,
+                 scale: torch.Tensor) -> list[torch.Tensor]:
+            return controlnet_residuals(model, latents, timesteps, text_embeds, cond, scale)
+
+        return body
+
+    def _unet_res_eager(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                        *residuals: torch.Tensor) -> torch.Tensor:
+        return unet_with_residuals(self.base.unet_model, latents, timesteps, text_embeds, residuals)
+
+    @property
+    def controlnet_count(self) -> int:
+        return self.base.controlnet_count
+
+    @torch.inference_mode()
+    def controlnet(self, index: int, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                   cond: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:
+        return self._cn_calls[index](latents, timesteps, text_embeds, cond, scale)
+
+    @torch.inference_mode()
+    def unet_residuals(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                       residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self._unet_res_call(latents, timesteps, text_embeds, *residuals)
 
     def _encode_eager(self, images: torch.Tensor) -> torch.Tensor:
         return vae_encode(self.base.vae, images, self.base.scaling_factor)
@@ -211,6 +259,15 @@ class CompiledRunner:
             ("vae_enc", lambda: self.encode(images)),
             ("vae_dec", lambda: self.decode(self.base.encode(images))),
         ]
+        if self.controlnet_count:
+            b = latents.shape[0]
+            cond = ((images[:1] + 1) * 0.5).expand(b, -1, -1, -1).contiguous()
+            scale = torch.ones((), device=latents.device, dtype=torch.float32)
+            for k in range(self.controlnet_count):
+                steps.append((f"controlnet{k}", lambda k=k: self.controlnet(k, latents, timesteps, text_embeds, cond,
+                                                                           scale)))
+            steps.append(("unet_res", lambda: self.unet_residuals(latents, timesteps, text_embeds, self.base.controlnet(
+                0, latents, timesteps, text_embeds, cond, scale))))
         try:
             for i, (name, call) in enumerate(steps, 1):
                 t1 = time.perf_counter()

@@ -28,6 +28,7 @@ from stream_core.accel.errors import BackendUnavailableError, EngineMissingError
 from stream_core.accel.export import (
     GraphSpec,
     compare,
+    control_graph_specs,
     export_onnx,
     exporter_tag,
     graph_specs,
@@ -155,16 +156,23 @@ def _target(backend: str, components: Any, options: AccelOptions) -> EngineTarge
 
 
 def engine_key(identity: ModelIdentity, target: EngineTarget, component: str, shape: StreamShape,
-               text: tuple[int, int], exporter: str) -> EngineKey:
-    """The cache key of one component: only the fields that change that component's graph."""
+               text: tuple[int, int], exporter: str, controlnet: int | None = None) -> EngineKey:
+    """The cache key of one component: only the fields that change that component's graph.
+    ``controlnet``: which of ``identity.controlnets`` a ``controlnet`` graph runs."""
     common: dict[str, Any] = {
         "backend": target.backend, "component": component, "model": identity.model, "vae": identity.vae,
         "loras": identity.loras, "precision": target.precision, "runtime": target.runtime,
         "device": target.device_tag, "exporter": exporter_tag(exporter),
     }
-    if component == "unet":
+    if component in ("unet", "unet_res", "controlnet"):
+        cn = None
+        if component == "controlnet":
+            if controlnet is None or not 0 <= controlnet < len(identity.controlnets):
+                raise ValueError(f"controlnet {controlnet!r} is not one of the {len(identity.controlnets)} identified")
+            cn = identity.controlnets[controlnet]
         return EngineKey(**common, width=shape.width, height=shape.height, batch=shape.batch, steps=shape.steps,
-                         frame_buffer=shape.frame_buffer, cfg_type=shape.cfg_type, text_len=text[0], text_dim=text[1])
+                         frame_buffer=shape.frame_buffer, cfg_type=shape.cfg_type, text_len=text[0], text_dim=text[1],
+                         controlnet=cn)
     if component in ("vae_enc", "vae_dec"):
         return EngineKey(**common, width=shape.width, height=shape.height, batch=shape.frame_buffer,
                          frame_buffer=shape.frame_buffer)
@@ -177,7 +185,7 @@ def _describe(key: EngineKey) -> str:
     parts = [key.component]
     if key.width:
         parts.append(f"{key.width}x{key.height}")
-    if key.component == "unet":
+    if key.component in ("unet", "unet_res", "controlnet"):
         parts.append(f"batch {key.batch} (steps {key.steps}, frame buffer {key.frame_buffer}, cfg {key.cfg_type})")
     elif key.component != "text":
         parts.append(f"frame buffer {key.frame_buffer}")
@@ -200,6 +208,8 @@ def build_command(components: Any, backend: str, shape: StreamShape, cache_dir: 
         cmd.append(f"--lcm-lora {info.get('lcm_lora') or 'none'}")
         for src, scale in info.get("loras") or ():
             cmd.append(f"--lora {src}:{scale:g}")
+    for cn_model, _pre in info.get("controlnets") or ():
+        cmd.append(f"--controlnet {cn_model}")
     device_type = getattr(components, "device", torch.device("cpu")).type
     if backend == "onnxruntime" and device_type == "cuda":
         cmd.append("--device cuda")
@@ -272,10 +282,13 @@ def _sources(components: Any) -> dict[str, Any]:
 def _verify(graph: Any, components: Any, spec: GraphSpec, key: EngineKey) -> float:
     inputs = spec.example_inputs(components.device, components.dtype, seed=1)
     feeds = dict(zip(spec.input_names, inputs, strict=True))
-    out = graph.run(feeds)[spec.output_names[0]]
+    outs = graph.run(feeds)
     ref = torch_reference(components, spec, inputs)
+    refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
     rtol, atol = _tolerances(key.precision)
-    err = compare(out, ref, rtol=rtol, atol=atol, what=f"{key.backend} {key.component}")
+    err = 0.0
+    for name, r in zip(spec.output_names, refs, strict=True):  # every output (a ControlNet has several)
+        err = max(err, compare(outs[name], r, rtol=rtol, atol=atol, what=f"{key.backend} {key.component} {name}"))
     log.info("verified %s %s against torch: max abs error %.2g", key.backend, key.component, err)
     return err
 
@@ -347,7 +360,23 @@ def build_engines(
         key = engine_key(identity, target, comp, shape, text, options.exporter)
         done.append(ensure_engine(cache, key, components, specs[comp], target, allow_build=True, options=options,
                                   shape=shape, force=force))
+    if "unet" in which:  # the ControlNets' graphs go with the U-Net's
+        for spec in control_graph_specs(components, batch=shape.batch, width=shape.width, height=shape.height).values():
+            key = engine_key(identity, target, spec.component, shape, text, options.exporter,
+                             controlnet=spec.index if spec.component == "controlnet" else None)
+            done.append(ensure_engine(cache, key, components, spec, target, allow_build=True, options=options,
+                                      shape=shape, force=force))
     return done
+
+
+def control_keys(identity: ModelIdentity, target: EngineTarget, shape: StreamShape, text: tuple[int, int],
+                 exporter: str) -> list[EngineKey]:
+    """The keys of the ControlNet graphs a runner needs (one per ControlNet, then ``unet_res``)."""
+    if not identity.controlnets:
+        return []
+    keys = [engine_key(identity, target, "controlnet", shape, text, exporter, controlnet=k)
+            for k in range(len(identity.controlnets))]
+    return [*keys, engine_key(identity, target, "unet_res", shape, text, exporter)]
 
 
 def build_runner(
@@ -378,8 +407,9 @@ def build_runner(
         raise ValueError(f"acceleration should be one of {', '.join(ACCELERATIONS)} but is {acceleration!r}")
     options = options or AccelOptions()
     shape = StreamShape(width, height, batch, frame_buffer_size, steps, cfg_type)
+    units = list(getattr(components, "controlnets", ()) or ())
     if acceleration == "none":
-        return TorchRunner(components.unet, components.vae)
+        return TorchRunner(components.unet, components.vae, [u.model for u in units])
     if acceleration == "compile":
         return _compiled_runner(components, shape, options, warm_up, cache_dir=Path(cache_dir), allow_build=allow_build)
 
@@ -398,11 +428,23 @@ def build_runner(
             built.append(comp)
         graphs[comp] = _graph(entry, target, components, options)
         log.info("%s %s: %s", acceleration, comp, entry.main.name)
+    cn_specs = control_graph_specs(components, batch=batch, width=width, height=height)
+    for comp, spec in cn_specs.items():  # controlnet0, controlnet1, ..., unet_res
+        key = engine_key(identity, target, spec.component, shape, text, options.exporter,
+                         controlnet=spec.index if spec.component == "controlnet" else None)
+        entry, was_built = ensure_engine(cache, key, components, spec, target, allow_build=allow_build,
+                                         options=options, shape=shape)
+        if was_built:
+            built.append(comp)
+        graphs[comp] = _graph(entry, target, components, options)
+        log.info("%s %s: %s", acceleration, comp, entry.main.name)
     from stream_core.accel.graph_runner import GraphRunner
 
     dtype = torch.float32 if target.precision == "fp32" else torch.float16
     runner = GraphRunner(graphs["unet"], graphs["vae_enc"], graphs["vae_dec"], device=components.device, dtype=dtype,
-                         backend=acceleration, info={"built": built, "runtime": target.runtime})
+                         backend=acceleration, info={"built": built, "runtime": target.runtime},
+                         controlnets=[graphs[f"controlnet{k}"] for k in range(len(units))],
+                         unet_res=graphs.get("unet_res"))
     if warm_up:
         _warm(runner, components, shape, dtype)
     return runner
@@ -479,7 +521,8 @@ def _compiled_runner(components: Any, shape: StreamShape, options: AccelOptions,
         log.info("fp8: %d U-Net linear layers run in float8 e4m3", quantize_linears(unet))
     runner = CompiledRunner(unet, components.vae, compile_mode=options.compile_mode,
                             cuda_graphs=options.cuda_graphs, channels_last=options.channels_last,
-                            attention=options.attention)
+                            attention=options.attention,
+                            controlnets=[u.model for u in getattr(components, "controlnets", ()) or ()])
     runner.artefacts = None
     if COMPILE_MODES[runner.compile_mode] is None:  # CUDA graphs only: capture takes seconds, nothing on disk
         if warm_up:

@@ -13,6 +13,20 @@ component    inputs                                                             
 ``text``     ``input_ids`` (1,L) int64                                             ``hidden_states``
 ===========  ====================================================================  ==============
 
+With ControlNets, each ControlNet is its own graph and the U-Net has a second graph that takes
+their summed residuals (so a disabled ControlNet costs nothing: its graph is not run, and the
+plain ``unet`` graph runs when none is active):
+
+==============  ===============================================================  ================
+``controlnet``  ``latents``, ``timesteps``, ``text_embeds`` (as ``unet``), ``cond``  ``res_0`` ...
+                (B,3,H,W) in [0, 1], ``scale`` (1,)                                ``res_{m-1}``
+``unet_res``    ``latents``, ``timesteps``, ``text_embeds``, ``res_0`` ...         ``eps``
+                ``res_{m-1}`` (the down-block residuals, then the mid-block one)
+==============  ===============================================================  ================
+
+The scale is an input (a live change needs no new graph) and is applied inside the ControlNet
+graph, as in :func:`stream_core.runner.controlnet_residuals`.
+
 Timesteps, text embeddings and latents are graph *inputs*, so prompt, strength (t_index_list),
 guidance, delta and seed changes never need a new graph. Timesteps are exported as float32:
 diffusers turns them into float32 for the sinusoidal embedding anyway, so the graph computes the
@@ -40,7 +54,13 @@ from typing import Any
 import torch
 
 from stream_core.accel.errors import EngineBuildError, EngineVerifyError, missing_package
-from stream_core.runner import vae_decode, vae_encode, vae_scaling_factor
+from stream_core.runner import (
+    controlnet_residuals,
+    unet_with_residuals,
+    vae_decode,
+    vae_encode,
+    vae_scaling_factor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +117,30 @@ class VaeDecoderGraph(torch.nn.Module):
         return vae_decode(self.vae, latents, self.scale)
 
 
+class ControlNetGraph(torch.nn.Module):
+    """``(latents, timesteps, text_embeds, cond, scale (1,)) -> residuals`` (down..., mid), scaled."""
+
+    def __init__(self, controlnet: Any) -> None:
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor, cond: torch.Tensor,
+                scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(controlnet_residuals(self.controlnet, latents, timesteps, text_embeds, cond, scale))
+
+
+class UNetResidualGraph(torch.nn.Module):
+    """``(latents, timesteps, text_embeds, res_0, ..., res_{m-1}) -> eps``."""
+
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                *residuals: torch.Tensor) -> torch.Tensor:
+        return unet_with_residuals(self.unet, latents, timesteps, text_embeds, residuals)
+
+
 class TextEncoderGraph(torch.nn.Module):
     """``input_ids -> last hidden states`` (what Stable Diffusion conditions on)."""
 
@@ -114,14 +158,20 @@ class GraphSpec:
 
     component: str
     inputs: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+    #: output names where they depend on the model (``controlnet``: one per residual)
+    outputs: tuple[str, ...] = ()
+    #: which ControlNet (``controlnet`` graphs)
+    index: int = 0
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return IO_NAMES[self.component][0]
+        if self.component in IO_NAMES:
+            return IO_NAMES[self.component][0]
+        return tuple(name for name, _, _ in self.inputs)
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return IO_NAMES[self.component][1]
+        return self.outputs or IO_NAMES[self.component][1]
 
     def example_inputs(self, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Deterministic, realistic example inputs (never zeros: they hide broken graphs)."""
@@ -134,6 +184,12 @@ class GraphSpec:
                 t = torch.randint(0, 400, shape, generator=g)
             elif name == "images":
                 t = torch.rand(shape, generator=g) * 2 - 1
+            elif name == "cond":
+                t = torch.rand(shape, generator=g)
+            elif name == "scale":
+                t = torch.full(shape, 0.8)
+            elif name.startswith("res_"):
+                t = torch.randn(shape, generator=g) * 0.1
             else:
                 t = torch.randn(shape, generator=g)
             target = dt if name in ("timesteps", "input_ids") else dtype
@@ -168,6 +224,56 @@ def graph_specs(components: Any, *, batch: int, frame_buffer: int, width: int, h
         "vae_dec": GraphSpec("vae_dec", (("latents", (frame_buffer, c, h, w), f32),)),
         "text": GraphSpec("text", (("input_ids", (1, length), i64),)),
     }
+
+
+def residual_shapes(controlnet: Any, *, width: int, height: int, text: tuple[int, int],
+                    in_channels: int) -> list[tuple[int, ...]]:
+    """Per-row shapes of a ControlNet's residuals at this image size (one call at batch 1)."""
+    param = next(controlnet.parameters())
+    dev, dt = param.device, param.dtype
+    latents = torch.zeros((1, in_channels, height // 8, width // 8), device=dev, dtype=dt)
+    with torch.no_grad():
+        out = controlnet(latents, torch.ones((1,), device=dev), encoder_hidden_states=torch.zeros(
+            (1, *text), device=dev, dtype=dt), controlnet_cond=torch.zeros((1, 3, height, width), device=dev, dtype=dt),
+            return_dict=False)
+    down, mid = out
+    return [tuple(r.shape[1:]) for r in (*down, mid)]
+
+
+def control_graph_specs(components: Any, *, batch: int, width: int, height: int) -> dict[str, GraphSpec]:
+    """``controlnet0``, ``controlnet1``, ... and ``unet_res`` for the components' ControlNets
+    (empty without ControlNets)."""
+    units = list(getattr(components, "controlnets", ()) or ())
+    if not units:
+        return {}
+    h, w = height // 8, width // 8
+    c = int(components.unet.config.in_channels)
+    length, dim = text_shape(components)
+    f32 = torch.float32
+    base = (("latents", (batch, c, h, w), f32), ("timesteps", (batch,), f32), ("text_embeds", (batch, length, dim), f32))
+    specs: dict[str, GraphSpec] = {}
+    res_shapes: list[tuple[int, ...]] | None = None
+    for k, unit in enumerate(units):
+        shapes = residual_shapes(unit.model, width=width, height=height, text=(length, dim), in_channels=c)
+        if res_shapes is not None and shapes != res_shapes:
+            raise ValueError(f"ControlNet {k} makes residuals {shapes} but ControlNet 0 makes {res_shapes}")
+        res_shapes = shapes
+        names = tuple(f"res_{i}" for i in range(len(shapes)))
+        specs[f"controlnet{k}"] = GraphSpec("controlnet", (*base, ("cond", (batch, 3, height, width), f32),
+                                                           ("scale", (1,), f32)), names, k)
+    assert res_shapes is not None
+    specs["unet_res"] = GraphSpec("unet_res", (*base, *((f"res_{i}", (batch, *s), f32)
+                                                        for i, s in enumerate(res_shapes))), ("eps",))
+    return specs
+
+
+def spec_module(components: Any, spec: GraphSpec) -> torch.nn.Module:
+    """The torch module a graph is exported from (see :func:`graph_module`)."""
+    if spec.component == "controlnet":
+        return ControlNetGraph(components.controlnets[spec.index].model).eval()
+    if spec.component == "unet_res":
+        return UNetResidualGraph(components.unet).eval()
+    return graph_module(components, spec.component)
 
 
 def graph_module(components: Any, component: str) -> torch.nn.Module:
@@ -231,7 +337,7 @@ def export_onnx(
     module's dtype except timesteps (always float32) and ids (int64).
     """
     check_export_deps(exporter)
-    module = graph_module(components, spec.component)
+    module = spec_module(components, spec)
     param = next(module.parameters())
     device = device or param.device
     dtype = dtype or param.dtype
@@ -270,7 +376,7 @@ def export_onnx(
 
 def torch_reference(components: Any, spec: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The torch module's output for ``inputs`` (the reference an exported graph must match)."""
-    module = graph_module(components, spec.component)
+    module = spec_module(components, spec)
     with torch.no_grad():
         return module(*inputs)
 

@@ -31,19 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def pipeline_tensors(pipeline: Any) -> dict[str, torch.Tensor]:
-    """Every tensor the pipeline holds directly (its stream state), by attribute name, and those
-    of its temporal bank (``temporal.<name>``) when it has one."""
-    out = {k: v for k, v in vars(pipeline).items() if isinstance(v, torch.Tensor)}
+    """Every tensor the pipeline holds directly (its stream state), by attribute name; tensors in
+    a list attribute (one per ControlNet) as ``name[i]``; those of its temporal bank as
+    ``temporal.<name>`` when it has one."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in vars(pipeline).items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v
+        elif isinstance(v, list) and v and all(isinstance(x, torch.Tensor) for x in v):
+            out.update({f"{k}[{i}]": x for i, x in enumerate(v)})
     bank = getattr(pipeline, "temporal", None)
     if bank is not None:
         out.update({f"temporal.{k}": v for k, v in bank.tensors().items()})
     return out
-
-
-def _tensor_at(pipeline: Any, name: str) -> Any:
-    if name.startswith("temporal."):
-        return pipeline.temporal.tensors().get(name[len("temporal."):])
-    return getattr(pipeline, name, None)
 
 
 @torch.inference_mode()
@@ -54,11 +54,12 @@ def snapshot(pipeline: Any) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def restore(pipeline: Any, saved: dict[str, torch.Tensor]) -> None:
     """Write ``saved`` back into the pipeline's tensors, in place (their addresses stay)."""
+    current = pipeline_tensors(pipeline)
     for k, v in saved.items():
-        cur = _tensor_at(pipeline, k)
+        cur = current.get(k)
         if isinstance(cur, torch.Tensor) and cur.shape == v.shape:
             cur.copy_(v)
-        else:
+        elif "[" not in k and "." not in k:
             setattr(pipeline, k, v)
 
 
@@ -88,6 +89,10 @@ class FrameGraph:
         self._static_in: torch.Tensor | None = None
         self._static_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        # one captured graph per set of active ControlNets (turning one on or off live changes
+        # which calls run; each set is captured once, on first use, and kept)
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._key: tuple[int, ...] = ()
 
     def _body(self, images: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from stream_core.engine import pack_rgb
@@ -114,14 +119,29 @@ class FrameGraph:
         self.graph = graph
         log.info("whole-frame CUDA graph captured in %.1f s", time.perf_counter() - t0)
 
+    def _select(self, key: tuple[int, ...]) -> None:
+        """Make the graph for the active ControlNet set ``key`` current (None until captured)."""
+        if key == self._key:
+            return
+        if self.graph is not None:
+            self._graphs[self._key] = (self.graph, self._static_in, self._static_out)
+        self.graph, self._static_in, self._static_out = self._graphs.pop(key, (None, None, None))
+        self._key = key
+
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor | None, control: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.pipeline
         p.last_skipped = False
+        check = getattr(p, "check_control", None)
+        if check is not None:
+            check(control, images is not None)
         if images is not None:
             images = p.admit(images, self._last is not None)
             if images is None:  # the similarity filter skips this call
                 return self._last
+        if check is not None:  # control images into their static buffers, outside the graph
+            p.stage_control(control, images)
+            self._select(tuple(p.controlnet_active))
         if not self.capture or not p.primed:
             packed, finite, out = self._body(images)
         else:

@@ -7,6 +7,7 @@ returns a copy of the output so the caller owns its result.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -40,10 +41,15 @@ class GraphRunner:
     """U-Net, TAESD encoder and decoder as static graphs; implements ``ModelRunner``."""
 
     def __init__(self, unet: StaticGraph, encoder: StaticGraph, decoder: StaticGraph, *,
-                 device: torch.device, dtype: torch.dtype, backend: str, info: dict[str, Any] | None = None) -> None:
+                 device: torch.device, dtype: torch.dtype, backend: str, info: dict[str, Any] | None = None,
+                 controlnets: Sequence[StaticGraph] = (), unet_res: StaticGraph | None = None) -> None:
+        if controlnets and unet_res is None:
+            raise ValueError("ControlNet graphs need the U-Net graph that takes their residuals (unet_res)")
         self._unet = unet
         self._enc = encoder
         self._dec = decoder
+        self._cn = list(controlnets)
+        self._unet_res = unet_res
         self.device = device
         self.dtype = dtype
         self.backend = backend
@@ -51,7 +57,29 @@ class GraphRunner:
 
     @property
     def graphs(self) -> dict[str, StaticGraph]:
-        return {"unet": self._unet, "vae_enc": self._enc, "vae_dec": self._dec}
+        out = {"unet": self._unet, "vae_enc": self._enc, "vae_dec": self._dec}
+        out.update({f"controlnet{k}": g for k, g in enumerate(self._cn)})
+        if self._unet_res is not None:
+            out["unet_res"] = self._unet_res
+        return out
+
+    @property
+    def controlnet_count(self) -> int:
+        return len(self._cn)
+
+    def controlnet(self, index: int, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                   cond: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:
+        graph = self._cn[index]
+        out = graph.run({"latents": latents, "timesteps": timesteps, "text_embeds": text_embeds, "cond": cond,
+                         "scale": scale.reshape(1)})
+        return [out[f"res_{i}"].clone() for i in range(len(out))]
+
+    def unet_residuals(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                       residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+        assert self._unet_res is not None
+        feeds = {"latents": latents, "timesteps": timesteps, "text_embeds": text_embeds}
+        feeds.update({f"res_{i}": r for i, r in enumerate(residuals)})
+        return self._unet_res.run(feeds)["eps"].clone()
 
     def unet(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         out = self._unet.run({"latents": latents, "timesteps": timesteps, "text_embeds": text_embeds})

@@ -153,7 +153,7 @@ def test_every_compile_key_field_changes_the_key():
     changed = dict(model="sha:b", vae="sha:w", loras=(("sha:l", 1.0),), width=640, height=384, batch=4, steps=4,
                    frame_buffer=2, cfg_type="full", dtype="bfloat16", torch="2.14.0", cuda="12.8",
                    device="NVIDIA RTX 4090/sm89", compile_mode="max-autotune", cuda_graphs=False, channels_last=True,
-                   attention="math", fp8=True)
+                   attention="math", fp8=True, controlnets=("sha:cn",))
     assert set(changed) == {f.name for f in dataclasses.fields(base)}  # every field is exercised
     digests = {base.digest()}
     for name, value in changed.items():

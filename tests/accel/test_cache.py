@@ -42,6 +42,7 @@ CHANGES = {
     "cfg_type": "none",
     "text_len": 76,
     "text_dim": 768,
+    "controlnet": "sha256:cn",
 }
 
 

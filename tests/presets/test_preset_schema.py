@@ -88,7 +88,7 @@ def test_hot_field_bounds_come_from_params(name: str) -> None:
 
 def test_every_field_is_described() -> None:
     props = Preset.model_json_schema()["properties"]
-    assert set(props) == {"description", *HOT_FIELDS, "lfos", *COLD_FIELDS}
+    assert set(props) == {"description", *HOT_FIELDS, "lfos", *COLD_FIELDS, "controlnets"}
     assert all(p.get("description") for p in props.values())
 
 
