@@ -312,9 +312,10 @@ def ensure_engine(cache: EngineCache, key: EngineKey, components: Any, spec: Gra
         problem = None
     if not allow_build:
         why = f" The cached one failed its check and was quarantined: {problem}." if problem else ""
+        fused_flag = " --controlnet-graph unet" if key.component == "unet_cn" else ""
         raise EngineMissingError(
             f"no {key.backend} engine for {_describe(key)} in {cache.root}.{why} Build it ahead of the show "
-            f"with: {build_command(components, key.backend, shape, cache.root)} (or allow building at "
+            f"with: {build_command(components, key.backend, shape, cache.root)}{fused_flag} (or allow building at "
             "start-up in the config)"
         )
     log.info("building %s %s (%s)", key.backend, key.component, _describe(key))
