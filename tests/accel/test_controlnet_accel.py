@@ -159,7 +159,7 @@ def test_frame_graph_body_keys_on_the_active_controlnets(cn_components, embeds):
 
 
 def test_gpu_bench_controlnet_mode_runs_on_the_cpu(tmp_path):
-    """bench/gpu.py's ControlNet mode must not rot between GPU sessions (tiny arch, 64 px, CPU)."""
+    """bench/gpu.py's ControlNet mode must not rot between GPU runs (tiny arch, 64 px, CPU)."""
     import importlib.util
     import json
     from pathlib import Path
