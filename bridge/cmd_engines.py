@@ -59,6 +59,9 @@ def register(subparsers: Any) -> None:
     build.add_argument("--controlnet", action="append", default=[], metavar="FOLDER",
                        help="a ControlNet the stream runs (repeatable, in config order): its graph and the U-Net "
                        "graph taking residuals are built too (default: the config's controlnets)")
+    build.add_argument("--controlnet-graph", choices=("separate", "unet"), default="separate",
+                       help="separate (default): each ControlNet its own graph, the U-Net taking residuals; unet: "
+                       "every ControlNet inside one U-Net graph")
     build.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 8 (default 512x512)")
     build.add_argument("--steps", type=int, default=None, help="denoising steps = len(t_index_list) (default 2)")
     build.add_argument("--frame-buffer", type=int, default=None, help="frames per call (default 1)")
@@ -258,7 +261,7 @@ def _build(args: argparse.Namespace) -> int:
         components = load_components(spec, controlnets=[ControlNetSpec(m) for m in cn_models])
     except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
         raise CliError(str(exc), code=1) from None
-    options = AccelOptions(exporter=args.exporter, trt_workspace=int(args.workspace_gb * (1 << 30)),
+    options = AccelOptions(exporter=args.exporter, controlnet_graph=args.controlnet_graph, trt_workspace=int(args.workspace_gb * (1 << 30)),
                            compile_mode="inductor" if requested == "auto" and backend == "compile" else None)
     t0 = time.perf_counter()
     count = 0

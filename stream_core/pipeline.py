@@ -841,6 +841,15 @@ class StreamPipeline:
         control image and its own text embedding); their residuals add."""
         if not self._cn_active:
             return self.runner.unet(x, t, text)
+        combined = getattr(self.runner, "unet_controlled", None)
+        if combined is not None:  # a runner with every ControlNet inside its U-Net graph
+            conds: list[torch.Tensor | None] = [None] * len(self._cn_units)
+            scales: list[torch.Tensor | None] = [None] * len(self._cn_units)
+            for k in self._cn_active:
+                cond = self._cn_rows[k][rows]
+                conds[k] = torch.cat([cond[:uncond], cond]) if uncond else cond
+                scales[k] = self._cn_scale[k]
+            return combined(x, t, text, conds, scales)
         residuals: list[torch.Tensor] | None = None
         for k in self._cn_active:
             cond = self._cn_rows[k][rows]

@@ -63,7 +63,10 @@ class ModelRunner(Protocol):
     Runners that drive ControlNets (``controlnet_count > 0``) also have
     ``controlnet(index, latents, timesteps, text_embeds, cond (B,3,H,W) in [0,1], scale 0-dim)
     -> residuals`` (the down-block residuals then the mid-block one, already scaled) and
-    ``unet_residuals(latents, timesteps, text_embeds, residuals) -> eps``.
+    ``unet_residuals(latents, timesteps, text_embeds, residuals) -> eps``. A runner with every
+    ControlNet inside its U-Net graph has ``unet_controlled(latents, timesteps, text_embeds, conds,
+    scales) -> eps`` instead (one entry per ControlNet, None for an inactive one), which the
+    pipeline then calls once per U-Net evaluation.
     """
 
     device: torch.device
@@ -132,6 +135,16 @@ class CountingRunner:
         self.decode_batches: list[int] = []
         #: (ControlNet index, batch) of every ControlNet call
         self.controlnet_calls: list[tuple[int, int]] = []
+        if hasattr(inner, "unet_controlled"):  # ControlNets inside the U-Net graph: one combined call
+            self.unet_controlled = self._unet_controlled
+
+    def _unet_controlled(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                         conds: Sequence[torch.Tensor | None], scales: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        self.unet_batches.append(int(latents.shape[0]))
+        for k, c in enumerate(conds):
+            if c is not None:
+                self.controlnet_calls.append((k, int(latents.shape[0])))
+        return self.inner.unet_controlled(latents, timesteps, text_embeds, conds, scales)
 
     @property
     def controlnet_count(self) -> int:

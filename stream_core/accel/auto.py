@@ -98,7 +98,8 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
         if cache.lookup(key).entry is None:
             return False
     return all(cache.lookup(key).entry is not None
-               for key in control_keys(identity, target, shape, text, options.exporter))
+               for key in control_keys(identity, target, shape, text, options.exporter,
+                                       fused=options.controlnet_graph == "unet"))
 
 
 def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_dir: Path | str, allow_build: bool,

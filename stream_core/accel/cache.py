@@ -41,7 +41,7 @@ BACKEND_DIRS: dict[str, str] = {"tensorrt": "trt", "onnxruntime": "ort"}
 ENGINE_SUFFIX: dict[str, str] = {"tensorrt": ".plan", "onnxruntime": ".onnx"}
 COMPONENTS: tuple[str, ...] = ("unet", "vae_enc", "vae_dec", "text")
 #: graphs made only when ControlNets are configured: one per ControlNet, and the U-Net taking residuals
-CONTROL_COMPONENTS: tuple[str, ...] = ("controlnet", "unet_res")
+CONTROL_COMPONENTS: tuple[str, ...] = ("controlnet", "unet_res", "unet_cn")
 QUARANTINE = "quarantine"
 _CHUNK = 4 << 20
 
@@ -307,8 +307,8 @@ class EngineKey:
         if self.component not in COMPONENTS + CONTROL_COMPONENTS:
             raise ValueError(f"component should be one of {', '.join(COMPONENTS + CONTROL_COMPONENTS)} "
                              f"but is {self.component!r}")
-        if self.component == "controlnet" and self.controlnet is None:
-            raise ValueError("a controlnet key names its ControlNet's weights")
+        if self.component in ("controlnet", "unet_cn") and self.controlnet is None:
+            raise ValueError(f"a {self.component} key names its ControlNets' weights")
 
     def fields(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

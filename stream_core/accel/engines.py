@@ -101,6 +101,9 @@ class AccelOptions:
     attention: str = "sdpa"  # compile backend: sdpa (fused) | math (see bench/channels_last.py)
     fp8: bool = False  # compile backend: FP8 U-Net linears (Ada/Hopper GPUs only; an error elsewhere)
     verify: bool = True  # check each new graph/engine against torch before caching it
+    # ONNX Runtime / TensorRT with ControlNets: "separate" (each ControlNet its own graph, the U-Net
+    # taking residuals; a disabled ControlNet is not run) or "unet" (all inside one U-Net graph)
+    controlnet_graph: str = "separate"
 
 
 # ---------------------------------------------------------------------------- keys
@@ -164,8 +167,12 @@ def engine_key(identity: ModelIdentity, target: EngineTarget, component: str, sh
         "loras": identity.loras, "precision": target.precision, "runtime": target.runtime,
         "device": target.device_tag, "exporter": exporter_tag(exporter),
     }
-    if component in ("unet", "unet_res", "controlnet"):
+    if component in ("unet", "unet_res", "controlnet", "unet_cn"):
         cn = None
+        if component == "unet_cn":
+            if not identity.controlnets:
+                raise ValueError("a unet_cn graph needs ControlNets")
+            cn = "+".join(identity.controlnets)
         if component == "controlnet":
             if controlnet is None or not 0 <= controlnet < len(identity.controlnets):
                 raise ValueError(f"controlnet {controlnet!r} is not one of the {len(identity.controlnets)} identified")
@@ -185,7 +192,7 @@ def _describe(key: EngineKey) -> str:
     parts = [key.component]
     if key.width:
         parts.append(f"{key.width}x{key.height}")
-    if key.component in ("unet", "unet_res", "controlnet"):
+    if key.component in ("unet", "unet_res", "controlnet", "unet_cn"):
         parts.append(f"batch {key.batch} (steps {key.steps}, frame buffer {key.frame_buffer}, cfg {key.cfg_type})")
     elif key.component != "text":
         parts.append(f"frame buffer {key.frame_buffer}")
@@ -305,9 +312,10 @@ def ensure_engine(cache: EngineCache, key: EngineKey, components: Any, spec: Gra
         problem = None
     if not allow_build:
         why = f" The cached one failed its check and was quarantined: {problem}." if problem else ""
+        fused_flag = " --controlnet-graph unet" if key.component == "unet_cn" else ""
         raise EngineMissingError(
             f"no {key.backend} engine for {_describe(key)} in {cache.root}.{why} Build it ahead of the show "
-            f"with: {build_command(components, key.backend, shape, cache.root)} (or allow building at "
+            f"with: {build_command(components, key.backend, shape, cache.root)}{fused_flag} (or allow building at "
             "start-up in the config)"
         )
     log.info("building %s %s (%s)", key.backend, key.component, _describe(key))
@@ -361,7 +369,8 @@ def build_engines(
         done.append(ensure_engine(cache, key, components, specs[comp], target, allow_build=True, options=options,
                                   shape=shape, force=force))
     if "unet" in which:  # the ControlNets' graphs go with the U-Net's
-        for spec in control_graph_specs(components, batch=shape.batch, width=shape.width, height=shape.height).values():
+        for spec in control_graph_specs(components, batch=shape.batch, width=shape.width, height=shape.height,
+                                        fused=_fused(options)).values():
             key = engine_key(identity, target, spec.component, shape, text, options.exporter,
                              controlnet=spec.index if spec.component == "controlnet" else None)
             done.append(ensure_engine(cache, key, components, spec, target, allow_build=True, options=options,
@@ -369,11 +378,20 @@ def build_engines(
     return done
 
 
+def _fused(options: AccelOptions) -> bool:
+    if options.controlnet_graph not in ("separate", "unet"):
+        raise ValueError(f"controlnet_graph should be separate or unet but is {options.controlnet_graph!r}")
+    return options.controlnet_graph == "unet"
+
+
 def control_keys(identity: ModelIdentity, target: EngineTarget, shape: StreamShape, text: tuple[int, int],
-                 exporter: str) -> list[EngineKey]:
-    """The keys of the ControlNet graphs a runner needs (one per ControlNet, then ``unet_res``)."""
+                 exporter: str, fused: bool = False) -> list[EngineKey]:
+    """The keys of the ControlNet graphs a runner needs (one per ControlNet, then ``unet_res``;
+    with ``fused`` the one ``unet_cn``)."""
     if not identity.controlnets:
         return []
+    if fused:
+        return [engine_key(identity, target, "unet_cn", shape, text, exporter)]
     keys = [engine_key(identity, target, "controlnet", shape, text, exporter, controlnet=k)
             for k in range(len(identity.controlnets))]
     return [*keys, engine_key(identity, target, "unet_res", shape, text, exporter)]
@@ -428,8 +446,8 @@ def build_runner(
             built.append(comp)
         graphs[comp] = _graph(entry, target, components, options)
         log.info("%s %s: %s", acceleration, comp, entry.main.name)
-    cn_specs = control_graph_specs(components, batch=batch, width=width, height=height)
-    for comp, spec in cn_specs.items():  # controlnet0, controlnet1, ..., unet_res
+    cn_specs = control_graph_specs(components, batch=batch, width=width, height=height, fused=_fused(options))
+    for comp, spec in cn_specs.items():  # controlnet0, controlnet1, ..., unet_res (or unet_cn)
         key = engine_key(identity, target, spec.component, shape, text, options.exporter,
                          controlnet=spec.index if spec.component == "controlnet" else None)
         entry, was_built = ensure_engine(cache, key, components, spec, target, allow_build=allow_build,
@@ -443,8 +461,8 @@ def build_runner(
     dtype = torch.float32 if target.precision == "fp32" else torch.float16
     runner = GraphRunner(graphs["unet"], graphs["vae_enc"], graphs["vae_dec"], device=components.device, dtype=dtype,
                          backend=acceleration, info={"built": built, "runtime": target.runtime},
-                         controlnets=[graphs[f"controlnet{k}"] for k in range(len(units))],
-                         unet_res=graphs.get("unet_res"))
+                         controlnets=[graphs[f"controlnet{k}"] for k in range(len(units)) if f"controlnet{k}" in graphs],
+                         unet_res=graphs.get("unet_res"), unet_cn=graphs.get("unet_cn"), controlnet_count=len(units))
     if warm_up:
         _warm(runner, components, shape, dtype)
     return runner

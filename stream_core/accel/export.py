@@ -27,6 +27,12 @@ plain ``unet`` graph runs when none is active):
 The scale is an input (a live change needs no new graph) and is applied inside the ControlNet
 graph, as in :func:`stream_core.runner.controlnet_residuals`.
 
+Alternatively (``AccelOptions.controlnet_graph = "unet"``) every ControlNet runs inside one
+``unet_cn`` graph: inputs ``latents``, ``timesteps``, ``text_embeds``, ``cond_0``, ``scale_0``,
+``cond_1``, ``scale_1``, ... and output ``eps``. The residuals never leave the graph, but an
+inactive ControlNet is then computed at scale 0 while another one is active (when none is, the
+plain ``unet`` graph runs).
+
 Timesteps, text embeddings and latents are graph *inputs*, so prompt, strength (t_index_list),
 guidance, delta and seed changes never need a new graph. Timesteps are exported as float32:
 diffusers turns them into float32 for the sinusoidal embedding anyway, so the graph computes the
@@ -141,6 +147,25 @@ class UNetResidualGraph(torch.nn.Module):
         return unet_with_residuals(self.unet, latents, timesteps, text_embeds, residuals)
 
 
+class UNetControlGraph(torch.nn.Module):
+    """``(latents, timesteps, text_embeds, cond_0, scale_0, cond_1, scale_1, ...) -> eps``: every
+    ControlNet and the U-Net in one graph (their residuals add)."""
+
+    def __init__(self, unet: Any, controlnets: list[Any]) -> None:
+        super().__init__()
+        self.unet = unet
+        self.controlnets = torch.nn.ModuleList(controlnets)
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                *control: torch.Tensor) -> torch.Tensor:
+        residuals: list[torch.Tensor] | None = None
+        for k, cn in enumerate(self.controlnets):
+            r = controlnet_residuals(cn, latents, timesteps, text_embeds, control[2 * k], control[2 * k + 1])
+            residuals = r if residuals is None else [a + b for a, b in zip(residuals, r, strict=True)]
+        assert residuals is not None
+        return unet_with_residuals(self.unet, latents, timesteps, text_embeds, residuals)
+
+
 class TextEncoderGraph(torch.nn.Module):
     """``input_ids -> last hidden states`` (what Stable Diffusion conditions on)."""
 
@@ -184,9 +209,9 @@ class GraphSpec:
                 t = torch.randint(0, 400, shape, generator=g)
             elif name == "images":
                 t = torch.rand(shape, generator=g) * 2 - 1
-            elif name == "cond":
+            elif name.startswith("cond"):
                 t = torch.rand(shape, generator=g)
-            elif name == "scale":
+            elif name.startswith("scale"):
                 t = torch.full(shape, 0.8)
             elif name.startswith("res_"):
                 t = torch.randn(shape, generator=g) * 0.1
@@ -240,9 +265,10 @@ def residual_shapes(controlnet: Any, *, width: int, height: int, text: tuple[int
     return [tuple(r.shape[1:]) for r in (*down, mid)]
 
 
-def control_graph_specs(components: Any, *, batch: int, width: int, height: int) -> dict[str, GraphSpec]:
-    """``controlnet0``, ``controlnet1``, ... and ``unet_res`` for the components' ControlNets
-    (empty without ControlNets)."""
+def control_graph_specs(components: Any, *, batch: int, width: int, height: int,
+                        fused: bool = False) -> dict[str, GraphSpec]:
+    """``controlnet0``, ``controlnet1``, ... and ``unet_res`` for the components' ControlNets, or
+    with ``fused`` the one ``unet_cn`` graph (empty without ControlNets)."""
     units = list(getattr(components, "controlnets", ()) or ())
     if not units:
         return {}
@@ -251,6 +277,11 @@ def control_graph_specs(components: Any, *, batch: int, width: int, height: int)
     length, dim = text_shape(components)
     f32 = torch.float32
     base = (("latents", (batch, c, h, w), f32), ("timesteps", (batch,), f32), ("text_embeds", (batch, length, dim), f32))
+    if fused:
+        control = []
+        for k in range(len(units)):
+            control += [(f"cond_{k}", (batch, 3, height, width), f32), (f"scale_{k}", (1,), f32)]
+        return {"unet_cn": GraphSpec("unet_cn", (*base, *control), ("eps",))}
     specs: dict[str, GraphSpec] = {}
     res_shapes: list[tuple[int, ...]] | None = None
     for k, unit in enumerate(units):
@@ -273,6 +304,8 @@ def spec_module(components: Any, spec: GraphSpec) -> torch.nn.Module:
         return ControlNetGraph(components.controlnets[spec.index].model).eval()
     if spec.component == "unet_res":
         return UNetResidualGraph(components.unet).eval()
+    if spec.component == "unet_cn":
+        return UNetControlGraph(components.unet, [u.model for u in components.controlnets]).eval()
     return graph_module(components, spec.component)
 
 

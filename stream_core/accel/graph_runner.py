@@ -42,7 +42,8 @@ class GraphRunner:
 
     def __init__(self, unet: StaticGraph, encoder: StaticGraph, decoder: StaticGraph, *,
                  device: torch.device, dtype: torch.dtype, backend: str, info: dict[str, Any] | None = None,
-                 controlnets: Sequence[StaticGraph] = (), unet_res: StaticGraph | None = None) -> None:
+                 controlnets: Sequence[StaticGraph] = (), unet_res: StaticGraph | None = None,
+                 unet_cn: StaticGraph | None = None, controlnet_count: int | None = None) -> None:
         if controlnets and unet_res is None:
             raise ValueError("ControlNet graphs need the U-Net graph that takes their residuals (unet_res)")
         self._unet = unet
@@ -50,6 +51,13 @@ class GraphRunner:
         self._dec = decoder
         self._cn = list(controlnets)
         self._unet_res = unet_res
+        self._unet_cn = unet_cn
+        self._count = len(self._cn) if controlnet_count is None else int(controlnet_count)
+        if unet_cn is not None:
+            # every ControlNet inside the U-Net graph: the pipeline calls unet_controlled once
+            self.unet_controlled = self._unet_controlled
+            self._zero_cond: dict[int, torch.Tensor] = {}
+            self._zero_scale = torch.zeros((1,), device=device, dtype=torch.float32)
         self.device = device
         self.dtype = dtype
         self.backend = backend
@@ -61,11 +69,28 @@ class GraphRunner:
         out.update({f"controlnet{k}": g for k, g in enumerate(self._cn)})
         if self._unet_res is not None:
             out["unet_res"] = self._unet_res
+        if self._unet_cn is not None:
+            out["unet_cn"] = self._unet_cn
         return out
 
     @property
     def controlnet_count(self) -> int:
-        return len(self._cn)
+        return self._count
+
+    def _unet_controlled(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                         conds: Sequence[torch.Tensor | None], scales: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """U-Net + every ControlNet in one graph; a None entry (inactive ControlNet) runs at scale 0."""
+        assert self._unet_cn is not None
+        feeds = {"latents": latents, "timesteps": timesteps, "text_embeds": text_embeds}
+        for k, (cond, scale) in enumerate(zip(conds, scales, strict=True)):
+            if cond is None or scale is None:
+                zero = self._zero_cond.get(k)
+                if zero is None:
+                    zero = self._zero_cond[k] = torch.zeros_like(self._unet_cn.inputs[f"cond_{k}"])
+                feeds[f"cond_{k}"], feeds[f"scale_{k}"] = zero, self._zero_scale
+            else:
+                feeds[f"cond_{k}"], feeds[f"scale_{k}"] = cond, scale.reshape(1)
+        return self._unet_cn.run(feeds)["eps"].clone()
 
     def controlnet(self, index: int, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
                    cond: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:

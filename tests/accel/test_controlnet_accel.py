@@ -89,6 +89,10 @@ def test_engine_keys_name_the_controlnets(one_cn, cn_components, tiny_components
     assert [k.component for k in keys] == ["controlnet"] * 3 + ["unet_res"]
     assert keys[0].digest() == keys[2].digest() != keys[1].digest()
     assert keys[0].controlnet == three.controlnets[0]
+    [fused] = control_keys(three, target, shape, (77, 32), "torchscript", fused=True)
+    [fused_one] = control_keys(one, target, shape, (77, 32), "torchscript", fused=True)
+    assert fused.component == "unet_cn" and fused.controlnet == "+".join(three.controlnets)
+    assert fused.digest() != fused_one.digest()
     with pytest.raises(ValueError):
         engine_key(three, target, "controlnet", shape, (77, 32), "torchscript", controlnet=3)
     # the compile key changes with the ControlNets and stays as it was without them
@@ -155,7 +159,7 @@ def test_frame_graph_body_keys_on_the_active_controlnets(cn_components, embeds):
 
 
 def test_gpu_bench_controlnet_mode_runs_on_the_cpu(tmp_path):
-    """bench/gpu.py's ControlNet mode must not rot between GPU sessions (tiny arch, 64 px, CPU)."""
+    """bench/gpu.py's ControlNet mode must not rot between GPU runs (tiny arch, 64 px, CPU)."""
     import importlib.util
     import json
     from pathlib import Path
@@ -214,3 +218,33 @@ def test_tensorrt_graphs_with_a_controlnet_match_torch(one_cn, embeds, tmp_path,
             for p in (ref, pipe):
                 p.set_controlnet(0, scale=1.4)
         torch.testing.assert_close(pipe(x * 2 - 1, [c]), ref(x * 2 - 1, [c]), atol=1e-4, rtol=0)
+
+
+def test_onnxruntime_with_controlnets_inside_the_unet_graph(cn_components, embeds, tmp_path):
+    """``controlnet_graph: unet``: both ControlNets inside one U-Net graph; one turned off runs at
+    scale 0 inside it; none active runs the plain U-Net graph. Same frames as torch."""
+    pytest.importorskip("onnxruntime")
+    from stream_core.accel import AccelOptions, build_runner
+
+    two = dataclasses.replace(cn_components, controlnets=cn_components.controlnets[:2])
+    units = [LoadedControlNet(ControlNetSpec(u.spec.model, s), u.model) for u, s in zip(two.controlnets, (0.9, 0.6),
+                                                                                        strict=True)]
+    two = dataclasses.replace(two, controlnets=units)
+    ref = _pipe(TorchRunner(two.unet, two.vae, [u.model for u in units]), two, embeds, "initialize", units)
+    runner = build_runner(two, "onnxruntime", batch=ref.unet_batch, width=SIZE, height=SIZE, cache_dir=tmp_path,
+                          allow_build=True, steps=STEPS, cfg_type="initialize",
+                          options=AccelOptions(exporter="torchscript", controlnet_graph="unet"))
+    assert set(runner.graphs) == {"unet", "vae_enc", "vae_dec", "unet_cn"} and runner.controlnet_count == 2
+    counting = CountingRunner(runner)
+    pipe = _pipe(counting, two, embeds, "initialize", units)
+    for k, (x, c) in enumerate(zip(_clip(5, 11), _clip(5, 12), strict=True)):
+        if k == 2:
+            for p in (ref, pipe):
+                p.set_controlnet(1, enabled=False)
+        if k == 4:
+            for p in (ref, pipe):
+                p.set_controlnet(0, scale=0.0)
+        torch.testing.assert_close(pipe(x * 2 - 1, [c, None]), ref(x * 2 - 1, [c, None]), atol=1e-4, rtol=0)
+    # calls 0-2 (priming + 2 frames): both; 3-4: ControlNet 0 only; the last: the plain U-Net graph
+    assert [k for k, _ in counting.controlnet_calls] == [0, 1] * 3 + [0, 0]
+    assert len(counting.unet_batches) == STEPS - 1 + 5

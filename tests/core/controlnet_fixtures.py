@@ -1,4 +1,4 @@
-"""Tiny random ControlNet / depth model fixtures (offline, generated once per session).
+"""Tiny random ControlNet / depth model fixtures (offline, generated once per test run).
 
 Import the fixtures into a test module: ``from tests.core.controlnet_fixtures import *`` (names
 listed in ``__all__``)."""

@@ -99,3 +99,28 @@ def test_make_tiny_writes_a_matching_controlnet_and_a_depth_model(tmp_path):
     assert type(lc.depth.model).__name__ == "DPTForDepthEstimation" and lc.depth.size == (32, 32)
     # the zero convolutions are random: the ControlNet really adds something
     assert float(lc.model.controlnet_mid_block.weight.abs().sum()) > 0
+
+
+def test_render_with_a_video_as_control_input_and_the_depth_preprocessor(tmp_path, tiny_model_dir,
+                                                                        tiny_controlnet_dir, tiny_depth_dir, recorded):
+    write_frames(tmp_path / "in", 2)
+    video = tmp_path / "depth.avi"
+    wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 80))
+    shots = []
+    for k in range(3):
+        img = np.zeros((80, 96, 3), np.uint8)
+        img[:, : 20 + 30 * k] = 200  # a bar that grows frame by frame
+        wr.write(img)
+        shots.append(img)
+    wr.release()
+    out = tmp_path / "out"
+    rc = main(["render", str(tmp_path / "in"), str(out), "--model", str(tiny_model_dir), "--device", "cpu",
+               "--size", f"{SIZE}x{SIZE}", "--steps", "32,45", "--acceleration", "none", "--resize", "stretch",
+               "--controlnet", str(tiny_controlnet_dir), "--controlnet-preprocessor", "depth",
+               "--depth-model", str(tiny_depth_dir), "--control-input", str(video)])
+    assert rc == 0 and len(sorted(out.glob("*.png"))) == 2
+    assert [r[2:] for r in recorded] == [((1.0,), ("depth",))] * 3
+    for k, (_, control, _, _) in enumerate(recorded[:2]):
+        expected = cv2.resize(cv2.cvtColor(shots[k], cv2.COLOR_BGR2RGB), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        assert np.abs(control[0][0].astype(int) - expected.astype(int)).mean() < 12  # MJPG is lossy
+    assert not np.array_equal(recorded[0][1][0], recorded[1][1][0])
