@@ -182,17 +182,12 @@ class Daemon:
 
         p = self.cfg.pipeline
         acceleration = p.acceleration
-        if self.cfg.temporal.max_frames and acceleration == "auto":
-            # the bank lives in the PyTorch U-Net's attention processors: auto may not pick an engine
-            log.info("temporal.max_frames %d: acceleration auto runs the PyTorch U-Net (none)",
-                     self.cfg.temporal.max_frames)
-            acceleration = "none"
         try:
             return runner_for(
                 components, acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
                 frame_buffer=p.frame_buffer, cfg_type=p.cfg, allow_build=p.allow_build,
                 cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
-                denoising_batch=p.denoising_batch,
+                denoising_batch=p.denoising_batch, temporal=bool(self.cfg.temporal.max_frames),
             )
         except AccelError as exc:
             raise StartupError(str(exc)) from None

@@ -873,10 +873,11 @@ class StreamPipeline:
         self.set_latent_feedback(s.latent_feedback)
         self.temporal: TemporalBank | None = None
         if s.temporal_max_frames:
+            unet, compiled = _unet_module(self.runner)
             self.temporal = TemporalBank(
-                _unet_module(self.runner), self.n * self.f, (h, w), s.temporal_max_frames, dev, dt,
+                unet, self.n * self.f, (h, w), s.temporal_max_frames, dev, dt,
                 cache=s.temporal_cache, frames=s.temporal_frames, interval=s.temporal_interval,
-                injection=s.temporal_injection, static=s.temporal_static,
+                injection=s.temporal_injection, static=s.temporal_static or compiled,
             )
 
     def _reset_temporal(self) -> None:
@@ -934,15 +935,26 @@ class StreamPipeline:
         self._bank("temporal injection").set_injection(strength)
 
 
-def _unet_module(runner: Any) -> Any:
-    """The diffusers U-Net an eager runner executes; the bank installs its processors there.
-    Runners that captured, compiled or exported the U-Net before the bank existed (compile, ONNX
-    Runtime, TensorRT) would run it without the bank, so they are refused."""
+def _unet_module(runner: Any) -> tuple[Any, bool]:
+    """The diffusers U-Net the bank installs its processors in, and whether a compiled runner
+    (CUDA graphs / inductor) runs it: that runner captures or compiles its U-Net calls again with
+    the bank in place (``CompiledRunner.attach_temporal_bank``) and the bank runs static. Runners
+    that exported the U-Net before the bank existed (ONNX Runtime, TensorRT, ahead-of-time
+    packages) would run it without the bank, so they are refused."""
     for obj in (runner, getattr(runner, "inner", None)):
+        if obj is None:
+            continue
+        attach = getattr(obj, "attach_temporal_bank", None)
+        if attach is not None:
+            try:
+                return attach(), True
+            except Exception as exc:
+                raise RebuildRequired(str(exc)) from exc
         unet = getattr(obj, "unet_model", None)
         if unet is not None and hasattr(unet, "set_attn_processor") and not hasattr(obj, "base"):
-            return unet
+            return unet, False
     raise RebuildRequired(
-        f"the temporal bank needs the eager PyTorch U-Net (acceleration none); {type(runner).__name__} runs a "
-        "U-Net compiled or exported without it: set temporal.max_frames to 0 or use acceleration none"
+        f"the temporal bank lives in the PyTorch U-Net's attention (acceleration none or compile); "
+        f"{type(runner).__name__} runs a U-Net exported without it: set temporal.max_frames to 0 or use "
+        "acceleration none or compile"
     )

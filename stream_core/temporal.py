@@ -265,7 +265,10 @@ class TemporalBank:
                 else:
                     cur = ring.index_select(1, slot)
                     ring.index_copy_(1, slot, torch.where(self._write, new, cur))
-            self.fresh[i] = None
+            if not self.static:
+                # static (captured or compiled U-Net calls): a CUDA graph's replay does not run the
+                # processors, so the tensors they recorded at capture are where each replay writes
+                self.fresh[i] = None
 
     def end_frame(self) -> None:
         m = self.max_frames

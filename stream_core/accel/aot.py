@@ -35,21 +35,22 @@ SUFFIX = ".pt2"
 class _Exported(torch.nn.Module):
     """``fn`` as a module whose parameters are those of ``modules`` (what the export lifts)."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], modules: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, fn: Callable[..., Any], modules: Sequence[torch.nn.Module]) -> None:
         super().__init__()
         self.fn = fn
         self.parts = torch.nn.ModuleList(list(modules))
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor) -> Any:
         return self.fn(*args)
 
 
 class AotCall:
     """``fn(*tensors) -> tensor`` through an AOTInductor package (see the module docstring)."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], name: str, modules: Sequence[torch.nn.Module],
-                 folder: Path | str | None = None) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str, modules: Sequence[torch.nn.Module],
+                 folder: Path | str | None = None, *, single: bool = True) -> None:
         self.fn = fn
+        self.single = single  # fn returns one tensor (else a list of tensors, e.g. ControlNet residuals)
         self.name = name
         self.modules = list(modules)
         self.folder = Path(folder) if folder is not None else None
@@ -64,7 +65,7 @@ class AotCall:
             raise BackendUnavailableError(f"{self.name}: no folder for its ahead-of-time package was set")
         return self.folder / f"{self.name}{SUFFIX}"
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> Any:
         if self.loaded is None:
             self._prepare(args)
         elif self.shapes is not None and [tuple(a.shape) for a in args] != self.shapes:
@@ -72,6 +73,8 @@ class AotCall:
                              f"ahead of time for {self.shapes}; a new shape needs a new runner")
         assert self.loaded is not None
         out = self.loaded(*args)
+        if not self.single:
+            return list(out)
         if isinstance(out, (list, tuple)):  # a package returns the flattened outputs
             out = out[0]
         return out

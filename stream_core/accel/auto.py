@@ -103,11 +103,14 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
 
 
 def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_dir: Path | str, allow_build: bool,
-                        denoising_batch: bool = True, options: Any = None) -> AccelChoice:
+                        denoising_batch: bool = True, options: Any = None, temporal: bool = False) -> AccelChoice:
     """Resolve ``requested`` (``auto`` or an explicit backend) for ``components`` on their device.
 
     ``shape`` is the stream's :class:`~stream_core.accel.engines.StreamShape`. An explicit backend
-    comes back unchanged (its own errors come later, from ``build_runner``).
+    comes back unchanged (its own errors come later, from ``build_runner``). ``temporal``: a
+    temporal bank (``stream_core.temporal``) will be installed in the U-Net's attention, which only
+    the PyTorch U-Net carries (eager, or ``compile`` capturing/compiling it with the bank): the
+    exported backends are refused and ``auto`` picks among those two.
     """
     from stream_core.accel.engines import ACCELERATIONS, AccelOptions
 
@@ -117,12 +120,22 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
     if requested != AUTO:
         if requested not in ACCELERATIONS:
             raise ValueError(f"acceleration should be auto or one of {', '.join(ACCELERATIONS)} but is {requested!r}")
+        if temporal and requested not in ("none", "compile"):
+            raise ValueError(f"the temporal bank lives in the PyTorch U-Net's attention: acceleration {requested!r} "
+                             "runs an exported U-Net without it (use none, compile or auto)")
         mode = (options.compile_mode or ("graphs" if dev == "cuda" else "inductor")) if requested == "compile" else None
         return AccelChoice(requested, requested, "asked for explicitly", mode, dev)
     cache_dir = Path(cache_dir)
     if not denoising_batch:
         return AccelChoice(AUTO, "none", "sequential denoising (denoising_batch: false) runs the U-Net at several "
                            "batch sizes, which the static-shape backends cannot", None, dev)
+    if temporal:
+        if dev == "cuda":
+            return AccelChoice(AUTO, "compile", "the temporal bank lives in the U-Net's attention: inductor + CUDA "
+                               "graphs, captured with the bank in place (exported engines cannot carry it)",
+                               "inductor", dev)
+        return AccelChoice(AUTO, "none", "the temporal bank lives in the U-Net's attention: the eager PyTorch U-Net "
+                           "(the ONNX graphs cannot carry it; compiling takes minutes on a CPU)", None, dev)
     if dev == "cuda":
         if _installed("tensorrt") and _engines_cached(components, "tensorrt", shape, cache_dir, options):
             return AccelChoice(AUTO, "tensorrt", "verified TensorRT engines for this exact configuration are cached",
@@ -174,12 +187,13 @@ def machine_choice(device: str = "auto") -> AccelChoice:
 
 def runner_for(components: Any, requested: str, *, width: int, height: int, steps: int, frame_buffer: int,
                cfg_type: str, cache_dir: Path | str, allow_build: bool | None, denoising_batch: bool = True,
-               options: Any = None) -> tuple[Any, AccelChoice]:
+               options: Any = None, temporal: bool = False) -> tuple[Any, AccelChoice]:
     """Resolve ``requested`` and build its runner: ``(runner or None for eager, choice)``.
 
     What ``streambridge run`` and ``streambridge render`` both call, so they pick and fail alike.
     ``allow_build`` None (unset) lets ``auto``'s inductor compile happen at this start-up and builds
-    nothing else; True / False allow / forbid every build at start-up.
+    nothing else; True / False allow / forbid every build at start-up. ``temporal``: see
+    :func:`choose_acceleration`.
     The choice is logged at INFO. Any failure is an :class:`~stream_core.accel.errors.AccelError`
     whose message starts with the backend (and says when ``auto`` chose it).
     """
@@ -189,8 +203,12 @@ def runner_for(components: Any, requested: str, *, width: int, height: int, step
     batch = unet_batch(steps, frame_buffer, cfg_type)
     shape = StreamShape(width, height, batch, frame_buffer, steps, cfg_type)
     options = options or AccelOptions()
-    choice = choose_acceleration(components, requested, shape=shape, cache_dir=cache_dir,
-                                 allow_build=bool(allow_build), denoising_batch=denoising_batch, options=options)
+    try:
+        choice = choose_acceleration(components, requested, shape=shape, cache_dir=cache_dir,
+                                     allow_build=bool(allow_build), denoising_batch=denoising_batch, options=options,
+                                     temporal=temporal)
+    except ValueError as exc:
+        raise AccelError(f"acceleration {requested!r}: {exc}") from exc
     log.info("%s", choice.summary())
     if allow_build is None:
         allow_build = choice.requested == AUTO and choice.backend == "compile"

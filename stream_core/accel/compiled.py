@@ -167,7 +167,15 @@ class CompiledRunner:
         # ControlNets: one call per ControlNet, and the U-Net taking their residuals (static shapes too)
         cn_fns: list[Callable[..., Any]] = [self._controlnet_body(k) for k in range(self.base.controlnet_count)]
         res_fn: Callable[..., torch.Tensor] = self._unet_res_eager
-        if mode is not None:
+        if mode == "aot" and cn_fns:
+            from stream_core.accel.aot import AotCall
+
+            cn_aot = [AotCall(fn, f"controlnet{k}", [self.base.controlnet_models[k]], single=False)
+                      for k, fn in enumerate(cn_fns)]
+            res_aot = AotCall(res_fn, "unet_res", [unet])
+            self._aot += [*cn_aot, res_aot]
+            cn_fns, res_fn = list(cn_aot), res_aot
+        elif mode is not None and mode != "aot":
             cn_fns = [torch.compile(fn, mode=mode, dynamic=False) for fn in cn_fns]
             res_fn = torch.compile(res_fn, mode=mode, dynamic=False)
         if cuda_graphs:
@@ -181,6 +189,25 @@ class CompiledRunner:
         else:
             self._unet_call, self._enc_call, self._dec_call = unet_fn, enc_fn, dec_fn
             self._cn_calls, self._unet_res_call = cn_fns, res_fn
+
+    def attach_temporal_bank(self) -> Any:
+        """A temporal bank (``stream_core.temporal``) is being installed in the U-Net's
+        self-attention: returns the U-Net to install it in, and makes the U-Net calls capture (CUDA
+        graphs) or compile (inductor: its guards see the new processors) again on their next call,
+        which the pipeline makes inside its first frame, with the bank in place. The bank runs in
+        static mode there (no Python branch on its live settings), so nothing is captured or
+        compiled again afterwards. Ahead-of-time packages hold a U-Net exported without the bank:
+        refused."""
+        if self.compile_mode == "aot":
+            raise BackendUnavailableError(
+                "the temporal bank lives in the U-Net's attention, but compile_mode aot runs a U-Net exported "
+                "ahead of time without it: use compile_mode inductor or graphs (acceleration auto picks "
+                "inductor when a temporal bank is configured)"
+            )
+        if self.cuda_graphs:
+            self._unet_call = CudaGraphCall(self._unet_call.fn, "unet")
+            self._unet_res_call = CudaGraphCall(self._unet_res_call.fn, "unet_res")
+        return self.base.unet_model
 
     def set_package_folder(self, folder: Any) -> None:
         """Where ``compile_mode: aot`` keeps (and finds) its packages: ``<folder>/<call>.pt2``."""
