@@ -17,9 +17,15 @@
 # Knobs: OUT, PYTHON (default python3), GPU_CHECK_SITE (default /tmp/site), GPU_CHECK_ARCH
 # (default sd-turbo), GPU_CHECK_SECONDS (default 20), GPU_CHECK_ACCEL (default: the daemon's),
 # GPU_CHECK_VARIANTS (bench variants), GPU_CHECK_BENCH_ARGS (more bench arguments),
-# GPU_CHECK_TESTS (pytest targets instead of the CUDA tests), GPU_CHECK_STEPS (which of tests,
-# doctor, bench to run; default all three), GPU_CHECK_TOTAL_S (default 460: the bench gets what is
-# left, so that the whole ends within 8 minutes).
+# GPU_CHECK_TESTS (pytest targets instead of the CUDA tests), GPU_CHECK_PYTEST_ARGS (more pytest
+# arguments, e.g. -k), GPU_CHECK_STEPS (which of tests, doctor, controlnet, temporal, bench to run;
+# default tests doctor bench), GPU_CHECK_TESTS_S (the CUDA tests' limit, default 220),
+# GPU_CHECK_CN_S / GPU_CHECK_TEMPORAL_S (budgets of the ControlNet and temporal benchmarks, run after
+# the bench, default 120 / 90), GPU_CHECK_BENCH_S (at most this for the bench), GPU_CHECK_TOTAL_S
+# (default 460: the bench gets what is left, so that the whole ends within 8 minutes).
+#
+#   6. controlnet  bench/gpu.py --controlnet: SD1.5 + one ControlNet, 1 and 4 steps (when asked for)
+#   7. temporal    bench/gpu.py --temporal: cached attention / injection / feedback on SD1.5 (when asked for)
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -106,12 +112,13 @@ if ! wanted tests; then
   echo "=== tests: not asked for (GPU_CHECK_STEPS)"
 elif [ -n "${GPU_CHECK_TESTS:-}" ]; then
   # shellcheck disable=SC2086  # a list of pytest targets
-  step tests 240 "$PY" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS} --junitxml "$OUT/tests.xml"
+  step tests "${GPU_CHECK_TESTS_S:-240}" "$PY" -m pytest -q -p no:cacheprovider ${GPU_CHECK_TESTS} ${GPU_CHECK_PYTEST_ARGS:-} --junitxml "$OUT/tests.xml"
 elif [ "$DEVICE" = "cpu" ]; then
   step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/accel/test_gpu.py --junitxml "$OUT/tests.xml"
 else
-  step tests 220 "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests \
-    --junitxml "$OUT/tests.xml"
+  # shellcheck disable=SC2086  # extra pytest arguments, split on spaces
+  step tests "${GPU_CHECK_TESTS_S:-220}" "$PY" -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests \
+    ${GPU_CHECK_PYTEST_ARGS:-} --junitxml "$OUT/tests.xml"
 fi
 
 # 4. the self-test: the daemon path end to end
@@ -131,6 +138,10 @@ fi
 LEFT=$(( TOTAL_S - ($(date +%s) - START) ))
 # the bench stops itself at its budget (and writes what it has); its timeout is a backstop 20 s later
 LEFT=$(( LEFT - 25 ))
+# the ControlNet and temporal benchmarks (after it) keep their budgets
+if wanted controlnet; then LEFT=$(( LEFT - ${GPU_CHECK_CN_S:-120} - 10 )); fi
+if wanted temporal; then LEFT=$(( LEFT - ${GPU_CHECK_TEMPORAL_S:-90} - 10 )); fi
+if [ -n "${GPU_CHECK_BENCH_S:-}" ] && [ "$GPU_CHECK_BENCH_S" -lt "$LEFT" ]; then LEFT=$GPU_CHECK_BENCH_S; fi
 if [ "$QUICK" = "1" ]; then
   BUDGET=$(( LEFT > 150 ? 150 : LEFT ))
   BENCH_ARGS=(--device "$DEVICE" --arch tiny --quick --size 64 --variants "${GPU_CHECK_VARIANTS:-eager,graphs,auto,fp8,diffusers}")
@@ -147,6 +158,20 @@ else
   # shellcheck disable=SC2086  # extra arguments, split on spaces
   step bench $(( BUDGET + 20 )) "$PY" bench/gpu.py "${BENCH_ARGS[@]}" --budget-s "$BUDGET" \
     --out "$OUT/gpu_bench.json" ${GPU_CHECK_BENCH_ARGS:-}
+fi
+
+# 6./7. the ControlNet and temporal benchmarks (each stops itself at its budget)
+FEATURE_ARGS=(--device "$DEVICE")
+if [ "$QUICK" = "1" ]; then FEATURE_ARGS+=(--arch tiny --quick --size 64); fi
+if wanted controlnet; then
+  CN_S="${GPU_CHECK_CN_S:-120}"
+  step controlnet $(( CN_S + 30 )) "$PY" bench/gpu.py "${FEATURE_ARGS[@]}" --controlnet --budget-s "$CN_S" \
+    --out "$OUT/gpu_bench_controlnet.json"
+fi
+if wanted temporal; then
+  TP_S="${GPU_CHECK_TEMPORAL_S:-90}"
+  step temporal $(( TP_S + 30 )) "$PY" bench/gpu.py "${FEATURE_ARGS[@]}" --temporal --budget-s "$TP_S" \
+    --out "$OUT/gpu_bench_temporal.json"
 fi
 
 echo "=== gpu-check: $(( $(date +%s) - START )) s; logs and JSON in $OUT"
