@@ -19,6 +19,7 @@ Everything is created in ``__init__``; live changes are explicit setters that ke
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +41,9 @@ from stream_core.temporal import TemporalBank, check_latent_feedback, check_max_
 CfgType = Literal["none", "full", "self", "initialize"]
 CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
 
+
+# step lists whose gathered scalar rows are kept (a strength fader spans at most 50)
+SCALAR_ROWS_CACHE = 64
 
 class RebuildRequired(ValueError):
     """A change that alters tensor shapes (steps, frame buffer, size, guidance mode, model)."""
@@ -216,6 +220,9 @@ class StreamPipeline:
         self._write_noise_rows()
 
         self._scalar_table = self._make_scalar_table()
+        # per step list: the gathered rows of every scalar (a strength fader revisits the same
+        # few lists, so a move costs six copies, not six gathers); bounded, on the device
+        self._scalar_rows_cache: OrderedDict[tuple[int, ...], dict[str, torch.Tensor]] = OrderedDict()
         self._t_rows = torch.zeros((rows,), device=dev, dtype=torch.long)
         self._alpha, self._beta, self._c_skip, self._c_out, self._ratio = (
             torch.zeros((rows, 1, 1, 1), device=dev, dtype=dt) for _ in range(5)
@@ -492,14 +499,20 @@ class StreamPipeline:
     def _set_scalars(self, t_index_list: Sequence[int]) -> None:
         """Gather the rows for ``t_index_list`` from the device table into the static rows."""
         f, tab = self.f, self._scalar_table
-
-        def rows(name: str) -> torch.Tensor:
-            return torch.stack([tab[name][k] for k in t_index_list]).repeat_interleave(f)
-
-        self._t_rows.copy_(rows("t"))
+        key = tuple(int(k) for k in t_index_list)
+        cached = self._scalar_rows_cache.get(key)
+        if cached is None:
+            cached = {name: torch.stack([tab[name][k] for k in key]).repeat_interleave(f)
+                      for name in ("t", "alpha", "beta", "c_skip", "c_out", "ratio")}
+            self._scalar_rows_cache[key] = cached
+            while len(self._scalar_rows_cache) > SCALAR_ROWS_CACHE:
+                self._scalar_rows_cache.popitem(last=False)
+        else:
+            self._scalar_rows_cache.move_to_end(key)
+        self._t_rows.copy_(cached["t"])
         for name, buf in (("alpha", self._alpha), ("beta", self._beta), ("c_skip", self._c_skip),
                           ("c_out", self._c_out), ("ratio", self._ratio)):
-            buf.view(-1).copy_(rows(name))
+            buf.view(-1).copy_(cached[name])
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         expected = (self.f, 3, self.settings.height, self.settings.width)
