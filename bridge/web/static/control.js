@@ -10,12 +10,16 @@ const PLACE = {  // where the known parameters go; any other one lands in "Param
   seed: 'seed-fields', seed_b: 'seed-fields', seed_mix: 'seed-fields',
   bypass: 'output-controls', mix: 'output-controls',
   bpm: 'tempo-fields', transition_beats: 'tempo-fields',
+  smoothing: 'flicker-fields', latent_feedback: 'flicker-fields', temporal_cache: 'flicker-fields',
+  temporal_frames: 'flicker-fields', temporal_interval: 'flicker-fields', temporal_injection: 'flicker-fields',
 };
 const LABEL = {
   prompt: 'Prompt', negative_prompt: 'Negative prompt', prompt_a: 'Prompt A', prompt_b: 'Prompt B',
   prompt_mix: 'A ⟷ B crossfader', seed: 'Seed', seed_b: 'Seed B', seed_mix: 'Seed crossfader',
   bypass: 'Bypass', mix: 'Dry / wet', filter_threshold: 'Similarity filter', bpm: 'BPM',
-  transition_beats: 'Transition (beats)',
+  transition_beats: 'Transition (beats)', temporal_cache: 'Cached attention', temporal_frames: 'Cached frames',
+  temporal_interval: 'Cache refresh (frames)', temporal_injection: 'Feature injection',
+  latent_feedback: 'Latent feedback',
 };
 const FADER_STEPS = 1000;
 
