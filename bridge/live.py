@@ -667,6 +667,10 @@ class LiveController:
             return
         hot = {k: v for k, v in (self.values if values is None else values).items() if k not in ("bypass",)}
         data = {k: v for k, v in hot.items() if k in Preset.model_fields}
+        if getattr(self.pipeline, "temporal", None) is None:
+            # no bank here: its settings are only defaults, and would switch a bank off elsewhere
+            for k in ("temporal_cache", "temporal_frames", "temporal_interval", "temporal_injection"):
+                data.pop(k, None)
         if self._cn_count:
             data["controlnets"] = controlnet_entries(hot, self._cn_count)
         if self.lfos:

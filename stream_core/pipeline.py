@@ -890,8 +890,14 @@ class StreamPipeline:
             self.temporal = TemporalBank(
                 unet, self.n * self.f, (h, w), s.temporal_max_frames, dev, dt,
                 cache=s.temporal_cache, frames=s.temporal_frames, interval=s.temporal_interval,
-                injection=s.temporal_injection, static=s.temporal_static or compiled,
+                injection=s.temporal_injection, static=s.temporal_static or compiled is not None,
             )
+            if compiled is not None:  # capture / compile its U-Net calls again, with the bank
+                try:
+                    compiled.attach_temporal_bank(self.temporal)
+                except Exception as exc:
+                    self.temporal.uninstall()
+                    raise RebuildRequired(f"the temporal bank under {type(compiled).__name__}: {exc}") from exc
 
     def _reset_temporal(self) -> None:
         self._has_fb_prev = False
@@ -948,24 +954,23 @@ class StreamPipeline:
         self._bank("temporal injection").set_injection(strength)
 
 
-def _unet_module(runner: Any) -> tuple[Any, bool]:
-    """The diffusers U-Net the bank installs its processors in, and whether a compiled runner
-    (CUDA graphs / inductor) runs it: that runner captures or compiles its U-Net calls again with
-    the bank in place (``CompiledRunner.attach_temporal_bank``) and the bank runs static. Runners
-    that exported the U-Net before the bank existed (ONNX Runtime, TensorRT, ahead-of-time
-    packages) would run it without the bank, so they are refused."""
+def _unet_module(runner: Any) -> tuple[Any, Any]:
+    """The diffusers U-Net the bank installs its processors in, and the compiled runner (CUDA
+    graphs / inductor) that runs it, if any: that runner then captures or compiles its U-Net calls
+    again with the bank in place (``CompiledRunner.attach_temporal_bank``) and the bank runs
+    static. Runners that exported the U-Net before the bank existed (ONNX Runtime, TensorRT,
+    ahead-of-time packages) would run it without the bank, so they are refused."""
     for obj in (runner, getattr(runner, "inner", None)):
         if obj is None:
             continue
-        attach = getattr(obj, "attach_temporal_bank", None)
-        if attach is not None:
+        if getattr(obj, "attach_temporal_bank", None) is not None:
             try:
-                return attach(), True
+                return obj.temporal_unet(), obj
             except Exception as exc:
                 raise RebuildRequired(str(exc)) from exc
         unet = getattr(obj, "unet_model", None)
         if unet is not None and hasattr(unet, "set_attn_processor") and not hasattr(obj, "base"):
-            return unet, False
+            return unet, None
     raise RebuildRequired(
         f"the temporal bank lives in the PyTorch U-Net's attention (acceleration none or compile); "
         f"{type(runner).__name__} runs a U-Net exported without it: set temporal.max_frames to 0 or use "

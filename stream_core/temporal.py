@@ -247,6 +247,12 @@ class TemporalBank:
         ``uncond`` negative-text rows for the first ``uncond`` of them (full/initialize guidance)."""
         self._call = (int(first_row), int(rows), int(uncond))
 
+    def abandon_call(self) -> None:
+        """End a U-Net call without writing the ring (a warm-up / capture outside the stream)."""
+        self._call = None
+        if not self.static:
+            self.fresh = [None] * len(self.names)
+
     def end_call(self) -> None:
         """Write what the processors recorded for the call's stream rows into the ring."""
         call, self._call = self._call, None

@@ -28,7 +28,6 @@ from typing import Any
 from bridge.control.codec import OscBundle, OscMessage
 from bridge.control.inbox import Refusal
 from bridge.control.surface import Command, ControlSurface, Rejected
-from bridge.params import PARAMS
 
 MAX_MESSAGES = 16
 MAX_ARGS = 8
@@ -41,7 +40,7 @@ def param_table(surface: ControlSurface) -> list[dict[str, Any]]:
     ``bool``, ``str``), hard range, the fader's control range (the ``/sd/norm`` one, including
     ``osc.ranges``), default and description. New parameters appear here without page changes."""
     out = []
-    for spec in PARAMS.values():
+    for spec in surface.params.values():  # the live table: the configured ControlNets' knobs too
         row: dict[str, Any] = {"name": spec.name, "address": spec.address, "kind": spec.kind.__name__,
                                "default": spec.default, "doc": spec.doc, "lo": spec.lo, "hi": spec.hi}
         if spec.kind in (int, float):

@@ -13,6 +13,7 @@ there is no silent fall back to eager.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -107,6 +108,29 @@ class CudaGraphCall:
         return self.static_out.clone()
 
 
+class _BankGraphCall(CudaGraphCall):
+    """A CUDA-graph U-Net call over a temporal bank's processors: keeps what they recorded at
+    capture (where every replay writes) and gives it back to the bank after each replay, so the
+    bank reads this call's tensors even when another graphed U-Net call (with / without
+    ControlNet residuals) was captured after it."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], name: str, bank: Any) -> None:
+        super().__init__(fn, name)
+        self.bank = bank
+        self.recorded: list[Any] | None = None
+
+    def _capture(self, args: tuple[torch.Tensor, ...]) -> None:
+        super()._capture(args)
+        self.recorded = list(self.bank.fresh)
+
+    @torch.inference_mode()
+    def __call__(self, *args: torch.Tensor) -> Any:
+        out = super().__call__(*args)
+        if self.recorded is not None:
+            self.bank.fresh[:] = self.recorded
+        return out
+
+
 class CompiledRunner:
     """TorchRunner maths with CUDA graphs and/or torch.compile (see the module docstring)."""
 
@@ -190,24 +214,57 @@ class CompiledRunner:
             self._unet_call, self._enc_call, self._dec_call = unet_fn, enc_fn, dec_fn
             self._cn_calls, self._unet_res_call = cn_fns, res_fn
 
-    def attach_temporal_bank(self) -> Any:
-        """A temporal bank (``stream_core.temporal``) is being installed in the U-Net's
-        self-attention: returns the U-Net to install it in, and makes the U-Net calls capture (CUDA
-        graphs) or compile (inductor: its guards see the new processors) again on their next call,
-        which the pipeline makes inside its first frame, with the bank in place. The bank runs in
-        static mode there (no Python branch on its live settings), so nothing is captured or
-        compiled again afterwards. Ahead-of-time packages hold a U-Net exported without the bank:
-        refused."""
+    def temporal_unet(self) -> Any:
+        """The U-Net a temporal bank (``stream_core.temporal``) installs its processors in.
+        Ahead-of-time packages hold a U-Net exported without the bank: refused."""
         if self.compile_mode == "aot":
             raise BackendUnavailableError(
                 "the temporal bank lives in the U-Net's attention, but compile_mode aot runs a U-Net exported "
                 "ahead of time without it: use compile_mode inductor or graphs (acceleration auto picks "
                 "inductor when a temporal bank is configured)"
             )
-        if self.cuda_graphs:
-            self._unet_call = CudaGraphCall(self._unet_call.fn, "unet")
-            self._unet_res_call = CudaGraphCall(self._unet_res_call.fn, "unet_res")
         return self.base.unet_model
+
+    def attach_temporal_bank(self, bank: Any) -> None:
+        """``bank`` was installed in the U-Net's self-attention (static mode): capture (CUDA
+        graphs) or compile (inductor: its guards see the new processors) both U-Net calls again
+        with it, now, at start-up, inside a bank call, so no U-Net variant (with or without
+        ControlNet residuals) is captured or compiled for the first time mid-show. Each captured
+        call keeps the tensors the bank's processors recorded during its capture and hands them
+        back to the bank after every replay (a replay runs no Python)."""
+        self.temporal_unet()
+        if self.cuda_graphs:
+            self._unet_call = _BankGraphCall(self._unet_call.fn, "unet", bank)
+            self._unet_res_call = _BankGraphCall(self._unet_res_call.fn, "unet_res", bank)
+        examples = getattr(self, "_examples", None)
+        if examples is None:  # never warmed up: the first frame captures / compiles
+            return
+        latents, timesteps, text, images = examples
+        uncond = int(latents.shape[0]) - int(bank.rows)
+        if uncond < 0:
+            return  # another batch than the stream's (a test runner): the first frame does it
+        cache = contextlib.nullcontext()
+        if self.artefacts is not None:  # compiled with the key's persisted inductor caches
+            from stream_core.accel.compile_cache import inductor_cache
+
+            cache = inductor_cache(self.artefacts.folder)
+        t0 = time.perf_counter()
+        with cache, torch.inference_mode():
+            bank.begin_call(0, bank.rows, uncond)
+            try:
+                self.unet(latents, timesteps, text)
+                if self.controlnet_count:
+                    b = latents.shape[0]
+                    cond = ((images[:1] + 1) * 0.5).expand(b, -1, -1, -1).contiguous()
+                    scale = torch.ones((), device=latents.device, dtype=torch.float32)
+                    self.unet_residuals(latents, timesteps, text,
+                                        self.base.controlnet(0, latents, timesteps, text, cond, scale))
+            finally:
+                bank.abandon_call()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        log.info("U-Net calls %s with the temporal bank in %.1f s",
+                 "compiled" if COMPILE_MODES[self.compile_mode] is not None else "captured", time.perf_counter() - t0)
 
     def set_package_folder(self, folder: Any) -> None:
         """Where ``compile_mode: aot`` keeps (and finds) its packages: ``<folder>/<call>.pt2``."""
@@ -280,6 +337,8 @@ class CompiledRunner:
         :class:`BackendUnavailableError` naming the cause.
         """
         t0 = time.perf_counter()
+        # kept: a temporal bank attached later captures / compiles the U-Net calls again with them
+        self._examples = (latents, timesteps, text_embeds, images)
         what = "compiling" if COMPILE_MODES[self.compile_mode] is not None else "capturing"
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("unet", lambda: self.unet(latents, timesteps, text_embeds)),

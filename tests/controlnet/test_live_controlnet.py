@@ -194,6 +194,10 @@ def test_save_keeps_the_controlnet_values(rig: Rig, tmp_path) -> None:
                                          "controlnet_1_scale": 1.0, "controlnet_1_enabled": False,
                                          "controlnet_1_canny_low": 100.0, "controlnet_1_canny_high": 150.0}
     assert saved.controlnets[0].model is None  # hot values only: recall anywhere with two ControlNets
+    # no temporal bank here: its settings are defaults, not state, and are not written (a recall
+    # on a daemon with a bank would otherwise switch its cache off)
+    text = (tmp_path / "mine.yaml").read_text()
+    assert "temporal_cache" not in text and "temporal_frames" not in text and "latent_feedback" in text
 
 
 def test_source_key_compares_specs_by_meaning() -> None:

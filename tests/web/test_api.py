@@ -157,6 +157,19 @@ def test_a_new_numeric_parameter_gets_a_fader_and_an_address_with_no_page_change
     assert post(api, {"address": "/sd/tempo/bpm", "args": [500]})[0] == 400
 
 
+def test_the_configured_controlnets_knobs_get_faders_too():
+    """The page's table is the surface's live table: per-ControlNet knobs (from the config) get a
+    fader or a toggle like every parameter."""
+    from bridge.params import live_params
+
+    surface = ControlSurface(None, live_params(["none", "canny"]))
+    table = {row["name"]: row for row in param_table(surface)}
+    assert table["controlnet_0_scale"]["address"] == "/sd/controlnet/0/scale"
+    assert table["controlnet_1_scale"]["control"] == [0.0, 2.0]
+    assert table["controlnet_1_enabled"]["kind"] == "bool"
+    assert "controlnet_1_canny_low" in table and "controlnet_0_canny_low" not in table
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 100.0
