@@ -667,14 +667,19 @@ def run_temporal_mode(args: argparse.Namespace, device: torch.device, dtype: tor
     rows: list[dict[str, Any]] = report["results"]
     slowest = 0.0
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
-        for scen, t_list in TEMPORAL_SCENARIOS.items():
+        scen_pick = [x.strip() for x in (args.temporal_scenarios or ",".join(TEMPORAL_SCENARIOS)).split(",") if x.strip()]
+        var_pick = [x.strip() for x in (args.temporal_variants or "").split(";") if x.strip()] or list(TEMPORAL_VARIANTS)
+        for name in (*scen_pick, *var_pick):
+            if name not in TEMPORAL_SCENARIOS and name not in TEMPORAL_VARIANTS:
+                raise SystemExit(f"unknown temporal scenario or variant {name!r}")
+        for scen, t_list in ((k, TEMPORAL_SCENARIOS[k]) for k in scen_pick):
             arch = "tiny" if args.arch == "tiny" else "sd15"
             components = build_components(arch, device, dtype, Path(tmp) / f"tok-{scen}")
             pos = prompt_embeds(components)
             g = torch.Generator("cpu").manual_seed(5)
             frames_in = [(torch.rand((1, 3, args.size, args.size), generator=g) * 2 - 1).to(device, dtype)
                          for _ in range(8)]
-            for variant in TEMPORAL_VARIANTS:
+            for variant in var_pick:
                 row: dict[str, Any] = {"scenario": scen, "variant": variant, "arch": arch}
                 if TEMPORAL_VARIANTS[variant].get("runner") == "graphs" and device.type != "cuda":
                     row["skipped"] = "CUDA graphs need a CUDA GPU"
@@ -811,6 +816,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds of frames with a prompt change every 100 ms (default 6; --quick 1.5; 0 skips)")
     ap.add_argument("--hitch-variant", default="default", help="variant for the prompt-change figure (default as "
                     "--startup-variant)")
+    ap.add_argument("--temporal-scenarios", default=None,
+                    help="temporal mode: comma list of " + ", ".join(TEMPORAL_SCENARIOS) + " (default all)")
+    ap.add_argument("--temporal-variants", default=None,
+                    help="temporal mode: semicolon list of variants, e.g. 'off;graphs: off;graphs: cache 2' (default all)")
     ap.add_argument("--temporal", action="store_true",
                     help="temporal mode: cost of cached attention / injection / feedback on SD1.5, 1 and 4 steps")
     ap.add_argument("--controlnet", action="store_true",

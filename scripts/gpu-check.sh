@@ -21,7 +21,8 @@
 # arguments, e.g. -k), GPU_CHECK_STEPS (which of tests, doctor, controlnet, temporal, bench to run;
 # default tests doctor bench), GPU_CHECK_TESTS_S (the CUDA tests' limit, default 220),
 # GPU_CHECK_CN_S / GPU_CHECK_TEMPORAL_S (budgets of the ControlNet and temporal benchmarks, run after
-# the bench, default 120 / 90), GPU_CHECK_BENCH_S (at most this for the bench), GPU_CHECK_TOTAL_S
+# the bench, default 120 / 90), GPU_CHECK_TEMPORAL_SCENARIOS / GPU_CHECK_TEMPORAL_VARIANTS (subsets,
+# e.g. "sd15-lcm-4step" and "off;graphs: off;graphs: cache 2"), GPU_CHECK_BENCH_S (at most this for the bench), GPU_CHECK_TOTAL_S
 # (default 460: the bench gets what is left, so that the whole ends within 8 minutes).
 #
 #   6. controlnet  bench/gpu.py --controlnet: SD1.5 + one ControlNet, 1 and 4 steps (when asked for)
@@ -170,8 +171,11 @@ if wanted controlnet; then
 fi
 if wanted temporal; then
   TP_S="${GPU_CHECK_TEMPORAL_S:-90}"
+  TP_ARGS=()
+  if [ -n "${GPU_CHECK_TEMPORAL_SCENARIOS:-}" ]; then TP_ARGS+=(--temporal-scenarios "$GPU_CHECK_TEMPORAL_SCENARIOS"); fi
+  if [ -n "${GPU_CHECK_TEMPORAL_VARIANTS:-}" ]; then TP_ARGS+=(--temporal-variants "$GPU_CHECK_TEMPORAL_VARIANTS"); fi
   step temporal $(( TP_S + 30 )) "$PY" bench/gpu.py "${FEATURE_ARGS[@]}" --temporal --budget-s "$TP_S" \
-    --out "$OUT/gpu_bench_temporal.json"
+    --out "$OUT/gpu_bench_temporal.json" "${TP_ARGS[@]}"
 fi
 
 echo "=== gpu-check: $(( $(date +%s) - START )) s; logs and JSON in $OUT"

@@ -45,11 +45,14 @@ def test_recall_by_name_cuts_and_echoes_every_change(daemon, client, feedback, p
     send(client, "/sd/preset", "ink-cut")
     pipe = daemon.engine.pipeline
     target = daemon.engine.encoder.encode(p["prompt"])
-    # the whole recall lands within one controller tick; poll until that tick has finished
-    assert wait_until(lambda: torch.allclose(pipe.prompt_embeds, target, atol=1e-6), 3)
-    assert pipe.guidance_scale == pytest.approx(p["guidance"])
-    assert pipe.seed == p["seed"]
-    assert pipe.t_index_list == strength_to_t_index_list(p["strength"], pipe.n)
+    # the whole recall lands within one controller tick (on the render thread): poll until every
+    # part of it is seen, since this thread may look in the middle of that tick
+    def landed() -> bool:
+        return (torch.allclose(pipe.prompt_embeds, target, atol=1e-6)
+                and pipe.guidance_scale == pytest.approx(p["guidance"]) and pipe.seed == p["seed"]
+                and pipe.t_index_list == strength_to_t_index_list(p["strength"], pipe.n))
+
+    assert wait_until(landed, 3), (pipe.guidance_scale, pipe.seed, pipe.t_index_list)
     # faders follow: each changed value is echoed on its own address
     feedback.wait_for("/sd/guidance", lambda a: a[0] == pytest.approx(p["guidance"]))
     feedback.wait_for("/sd/prompt", lambda a: a[0] == p["prompt"])
