@@ -564,8 +564,8 @@ class Daemon:
         return state
 
     def page_status(self) -> dict[str, Any]:
-        """The status page's figures: :meth:`status` plus the output and sink details."""
-        out = self.status()
+        """The status page's figures: what the control page gets, plus the output and sink details."""
+        out = self._control_page_status()
         pub = self.publisher
         if pub is not None:
             offset = pub.phase_offset
@@ -581,7 +581,6 @@ class Daemon:
         if self.controller is not None:
             out["params"] = self.controller.snapshot()
             out["modulated"] = dict(self.controller.modulated)  # LFO values (the faders are in params)
-            out["tempo"] = self.controller.tempo_status()
         if self.controlnets is not None:
             out["controlnets"] = self.controlnets.details()
         return out

@@ -108,6 +108,12 @@ class CudaGraphCall:
         return self.static_out.clone()
 
 
+def _control_example(latents: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A control image per U-Net row (the example frame in [0, 1]) and a 0-dim scale of 1."""
+    cond = ((images[:1] + 1) * 0.5).expand(latents.shape[0], -1, -1, -1).contiguous()
+    return cond, torch.ones((), device=latents.device, dtype=torch.float32)
+
+
 class _BankGraphCall(CudaGraphCall):
     """A CUDA-graph U-Net call over a temporal bank's processors: keeps what they recorded at
     capture (where every replay writes) and gives it back to the bank after each replay, so the
@@ -254,11 +260,7 @@ class CompiledRunner:
             try:
                 self.unet(latents, timesteps, text)
                 if self.controlnet_count:
-                    b = latents.shape[0]
-                    cond = ((images[:1] + 1) * 0.5).expand(b, -1, -1, -1).contiguous()
-                    scale = torch.ones((), device=latents.device, dtype=torch.float32)
-                    self.unet_residuals(latents, timesteps, text,
-                                        self.base.controlnet(0, latents, timesteps, text, cond, scale))
+                    self._unet_res_example(latents, timesteps, text, images)
             finally:
                 bank.abandon_call()
         if self.device.type == "cuda":
@@ -329,6 +331,14 @@ class CompiledRunner:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._dec_call(latents)
 
+    def _unet_res_example(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                          images: torch.Tensor) -> torch.Tensor:
+        """One call of the U-Net taking residuals, with an eager ControlNet's residuals of the
+        example frame (what compiles / captures that call)."""
+        cond, scale = _control_example(latents, images)
+        residuals = self.base.controlnet(0, latents, timesteps, text_embeds, cond, scale)
+        return self.unet_residuals(latents, timesteps, text_embeds, residuals)
+
     def warm_up(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
                 images: torch.Tensor) -> float:
         """Compile/capture every call now (not on the first live frame). Returns seconds taken.
@@ -346,14 +356,11 @@ class CompiledRunner:
             ("vae_dec", lambda: self.decode(self.base.encode(images))),
         ]
         if self.controlnet_count:
-            b = latents.shape[0]
-            cond = ((images[:1] + 1) * 0.5).expand(b, -1, -1, -1).contiguous()
-            scale = torch.ones((), device=latents.device, dtype=torch.float32)
+            cond, scale = _control_example(latents, images)
             for k in range(self.controlnet_count):
                 steps.append((f"controlnet{k}", lambda k=k: self.controlnet(k, latents, timesteps, text_embeds, cond,
                                                                            scale)))
-            steps.append(("unet_res", lambda: self.unet_residuals(latents, timesteps, text_embeds, self.base.controlnet(
-                0, latents, timesteps, text_embeds, cond, scale))))
+            steps.append(("unet_res", lambda: self._unet_res_example(latents, timesteps, text_embeds, images)))
         try:
             for i, (name, call) in enumerate(steps, 1):
                 t1 = time.perf_counter()
