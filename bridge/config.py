@@ -118,6 +118,9 @@ class OutputConfig(_Strict):
 class OscConfig(_Strict):
     listen: str = Field("127.0.0.1:9400", description="HOST:PORT to receive OSC on")
     feedback: list[str] = Field(default_factory=list, description="HOST:PORT targets for state echo/status")
+    feedback_bundles: bool = Field(True, description="send each frame's echoed values (and each status update) "
+                                   "packed in OSC bundles of at most 1,200 bytes, one datagram instead of one per "
+                                   "value; false: every message on its own (for receivers that cannot read bundles)")
     allow: list[str] = Field(default_factory=list, description="sender allow-list (IP, IP:PORT or CIDR)")
     status_rate: float = Field(2.0, ge=0.0, le=60.0, description="status messages per second (0: off)")
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict,

@@ -285,7 +285,7 @@ class Daemon:
         o = self.cfg.osc
         try:
             self.feedback = FeedbackSender(o.feedback, ranges=o.ranges, status_hz=max(o.status_rate, 0.01),
-                                           params=self.params)
+                                           params=self.params, bundle=o.feedback_bundles)
         except ValueError as exc:
             raise StartupError(f"osc.feedback: {exc}") from None
         if not (o.enabled and self.options.osc):

@@ -11,17 +11,23 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from stream_core.blend import slerp
+from stream_core.blend import Slerp, slerp_weights
 
 
 class SeedNoise:
     """Per-seed stream noise, drawn once on the CPU generator (the reproducibility contract of
     ``make``), moved to ``device``/``dtype`` once at creation; the device copy is what is cached
-    (the ``capacity`` most recently used seeds)."""
+    (the ``capacity`` most recently used seeds).
+
+    The seed crossfader's slerp is made from host numbers: each seed's norm is taken from its CPU
+    draw, and each pair's dot product from the two CPU draws (kept beside the device copies, the
+    ``capacity`` most recent pairs remembered), so a mix is ``alpha * a + beta * b`` on the device
+    (:func:`stream_core.blend.slerp_weights`): two element-wise ops, and no device value is ever
+    read on the host."""
 
     def __init__(
         self,
@@ -35,16 +41,23 @@ class SeedNoise:
         self.dtype = dtype
         self.capacity = max(1, int(capacity))
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        # host side, on purpose: each seed's CPU draw (float32) and its norm; each pair's dot
+        self._host: dict[int, tuple[torch.Tensor, float]] = {}
+        self._dots: OrderedDict[tuple[int, int], float] = OrderedDict()
         self.draws = 0  # how many times noise was drawn (a cache miss)
 
     def get(self, seed: int) -> torch.Tensor:
         noise = self._cache.get(seed)
         if noise is None:
-            noise = self._make(seed).to(self.device, self.dtype)
+            cpu = self._make(seed)
+            noise = cpu.to(self.device, self.dtype)
             self.draws += 1
             if len(self._cache) >= self.capacity:
-                self._cache.popitem(last=False)
+                old, _ = self._cache.popitem(last=False)
+                self._host.pop(old, None)
             self._cache[seed] = noise
+            host = cpu.detach().to("cpu", torch.float32).reshape(-1)
+            self._host[seed] = (host, float(torch.linalg.vector_norm(host)))
         else:
             self._cache.move_to_end(seed)
         return noise
@@ -56,7 +69,19 @@ class SeedNoise:
             return self.get(seed)
         if mix >= 1.0:
             return self.get(seed_b)
-        return slerp(self.get(seed), self.get(seed_b), mix)
+        a, b = self.get(seed), self.get(seed_b)
+        (ha, na), (hb, nb) = self._host[seed], self._host[seed_b]
+        key = (seed, seed_b) if seed < seed_b else (seed_b, seed)
+        dot = self._dots.get(key)
+        if dot is None:
+            dot = float(torch.dot(ha, hb))
+            self._dots[key] = dot
+            while len(self._dots) > self.capacity:
+                self._dots.popitem(last=False)
+        else:
+            self._dots.move_to_end(key)
+        alpha, beta = slerp_weights(na, nb, dot, mix)
+        return torch.add(a * alpha, b, alpha=beta)
 
 
 def check_mix(name: str, mix: object) -> float:
@@ -109,16 +134,24 @@ class Morph:
     pos_to: torch.Tensor | None
     neg_from: torch.Tensor | None
     neg_to: torch.Tensor | None
+    _pairs: dict[str, Slerp] = field(default_factory=dict, repr=False, compare=False)
 
     def noise_at(self, u: float) -> torch.Tensor | None:
         if self.noise_to is None:
             return None
-        return slerp(self.noise_from, self.noise_to, u)
+        return self._pair("noise", self.noise_from, self.noise_to).at(u)
 
     def embeds_at(self, u: float) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if self.pos_to is None:
             return None
         neg = None
         if self.neg_from is not None and self.neg_to is not None:
-            neg = slerp(self.neg_from, self.neg_to, u)
-        return slerp(self.pos_from, self.pos_to, u), neg
+            neg = self._pair("neg", self.neg_from, self.neg_to).at(u)
+        return self._pair("pos", self.pos_from, self.pos_to).at(u), neg
+
+    def _pair(self, part: str, a: torch.Tensor, b: torch.Tensor) -> Slerp:
+        """The prepared slerp of one part, made on its first frame (each frame then only blends)."""
+        pair = self._pairs.get(part)
+        if pair is None or pair.a is not a or pair.b is not b:
+            pair = self._pairs[part] = Slerp(a, b)
+        return pair

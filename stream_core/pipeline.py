@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from stream_core.blend import slerp
+from stream_core.blend import Slerp
 from stream_core.conditioning import EmbedStore, Morph, SeedNoise, check_mix
 from stream_core.runner import ModelRunner
 from stream_core.schedule import (
@@ -213,6 +213,7 @@ class StreamPipeline:
 
         self._seeds = SeedNoise(lambda seed: make_noise(seed, self.n, c, h, w), dev, dt)
         self._morph: Morph | None = None
+        self._prompt_pair: Slerp | None = None  # the prompt A/B crossfader's prepared slerp
         self.seed = _check_seed(settings.seed)
         self.seed_b = self.seed
         self.seed_mix = 0.0
@@ -276,7 +277,10 @@ class StreamPipeline:
         pos = a
         if prompt_b is not None:
             b = self._embeds.get(prompt_b, "prompt_b embeddings")
-            pos = slerp(a, b, mix)
+            pair = self._prompt_pair
+            if pair is None or pair.a is not a or pair.b is not b:  # a new A/B pair: prepared once
+                pair = self._prompt_pair = Slerp(a, b)
+            pos = pair.at(mix)
         self._set_text(pos, self._negative(negative))
 
     def _negative(self, negative: torch.Tensor | None) -> torch.Tensor | None:
@@ -291,6 +295,8 @@ class StreamPipeline:
     def _set_text(self, pos: torch.Tensor, neg: torch.Tensor | None) -> None:
         if neg is not None and neg.shape != pos.shape:
             raise ValueError(f"negative embeddings {tuple(neg.shape)} do not match prompt embeddings {tuple(pos.shape)}")
+        if pos is self._pos and neg is self._neg and self._text_batch is not None:
+            return  # the same tensors: the text rows already hold them
         rows, u = self.n * self.f, self._uncond_rows
         if self._text_batch is None:
             self._text_batch = torch.empty((u + rows, *pos.shape[1:]), device=self.device, dtype=self.dtype)
@@ -356,7 +362,9 @@ class StreamPipeline:
         self._write_noise_rows()
 
     def _write_noise_rows(self) -> None:
-        self._noise_rows.copy_(self._noise.repeat_interleave(self.f, dim=0))
+        # row i*f + j is stage i's noise, for every frame lane j: one broadcast copy
+        n, f = self.n, self.f
+        self._noise_rows.view(n, f, *self._noise_rows.shape[1:]).copy_(self._noise.unsqueeze(1))
 
     @property
     def noise(self) -> torch.Tensor:
@@ -383,7 +391,7 @@ class StreamPipeline:
             mix = check_mix("prompt_mix", mix)
             pos_to = self._embeds.get(prompt, "prompt_embeds")
             if prompt_b is not None:
-                pos_to = slerp(pos_to, self._embeds.get(prompt_b, "prompt_b embeddings"), mix)
+                pos_to = Slerp(pos_to, self._embeds.get(prompt_b, "prompt_b embeddings")).at(mix)
             if negative is not None:
                 neg_to = self._embeds.get(negative, "negative_prompt_embeds")
         self._morph = Morph(self._noise, noise_to, self._pos, pos_to, self._neg, neg_to)

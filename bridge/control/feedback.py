@@ -14,6 +14,10 @@ What is sent (see docs/osc.md):
 * ``send_status({"fps": 29.8, ...})`` on ``/sd/status/<key>`` (a tuple value is sent as several
   arguments); ``maybe_send_status`` does so at most ``status_hz`` times a second.
 * LFO settings (``lfo/<param>/<field>`` keys of ``send_params``) go out on ``/sd/lfo/<param>/<field>``.
+* With ``bundle=True`` (the daemon's default, ``osc.feedback_bundles``) the messages of one
+  ``send_params`` / ``send_status`` call leave packed in OSC bundles of at most 1,200 bytes (one
+  datagram for a whole frame's worth of echo instead of one per value); a lone message goes out
+  plain.
 * ``send_error(address, reason)`` on ``/sd/error s s``, through a token bucket (``error_burst``
   at once, ``error_rate`` per second sustained). Suppressed replies are counted, and the next
   reply that goes out says how many were suppressed before it.
@@ -30,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from bridge.control.codec import encode_message
+from bridge.control.codec import encode_bundle, encode_message
 from bridge.control.server import UdpSender
 from bridge.control.surface import validate_ranges
 from bridge.params import NORM_PREFIX, PARAMS, ParamSpec, normalize
@@ -40,6 +44,10 @@ log = logging.getLogger("bridge.control.feedback")
 ERROR_ADDRESS = "/sd/error"
 STATUS_PREFIX = "/sd/status/"
 MAX_REASON_CHARS = 300
+# a feedback bundle stays well inside one Ethernet frame (1,472 bytes of UDP payload at MTU 1500):
+# no IP fragmentation on the way to a tablet running TouchOSC
+MAX_BUNDLE_BYTES = 1200
+BUNDLE_HEADER_BYTES = 16  # "#bundle\0" + the 8-byte timetag
 # a key may have path parts: "control/0/state" goes out on /sd/status/control/0/state
 _STATUS_KEY_RE = re.compile(r"^(?=.{1,64}$)[a-z][a-z0-9_]*(?:/[a-z0-9_]+)*$")
 
@@ -131,6 +139,8 @@ class FeedbackSender:
         transport: Transport | None = None,
         clock: Callable[[], float] = time.monotonic,
         params: Mapping[str, ParamSpec] | None = None,
+        bundle: bool = False,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
     ) -> None:
         if status_hz <= 0:
             raise ValueError("status_hz must be > 0")
@@ -148,6 +158,8 @@ class FeedbackSender:
         self.params: Mapping[str, ParamSpec] = PARAMS if params is None else dict(params)
         self.ranges = validate_ranges(ranges, self.params)
         self.echo_normalized = echo_normalized
+        self.bundle = bool(bundle)
+        self.max_bundle_bytes = int(max_bundle_bytes)
         self.status_interval = 1.0 / status_hz
         self._clock = clock
         self._next_status = clock()
@@ -163,24 +175,27 @@ class FeedbackSender:
 
     def send_params(self, changed: Mapping[str, Any]) -> None:
         """Echo changed parameters (name -> value) on their addresses."""
+        out: list[bytes] = []
         for name, value in changed.items():
             spec = self.params.get(name)
             if spec is None and name.startswith("lfo/"):  # an LFO field: /sd/lfo/<param>/<field>
-                self._send("/sd/" + name, _osc_value(value))
+                self._encode(out, "/sd/" + name, _osc_value(value))
                 continue
             if spec is None:
                 self._skip(f"unknown parameter {name!r}")
                 continue
-            self._send(spec.address, _osc_value(value))
+            self._encode(out, spec.address, _osc_value(value))
             if self.echo_normalized and spec.kind in (int, float):
                 if isinstance(value, bool) or not isinstance(value, numbers.Real):
                     continue
                 rng = self.ranges.get(name)
                 norm_address = NORM_PREFIX + spec.address[len("/sd") :]
-                self._send(norm_address, float(normalize(spec, value, rng)))
+                self._encode(out, norm_address, float(normalize(spec, value, rng)))
+        self._emit(out)
 
     def send_status(self, status: Mapping[str, Any]) -> None:
         """Send each entry on ``/sd/status/<key>`` (keys: lower-case letters, digits, ``_``)."""
+        out: list[bytes] = []
         for key, value in status.items():
             if not isinstance(key, str) or not _STATUS_KEY_RE.match(key):
                 self._skip(f"bad status key {key!r}")
@@ -188,9 +203,10 @@ class FeedbackSender:
             if value is None:
                 continue
             if isinstance(value, tuple):  # several arguments, e.g. /sd/status/beat i f
-                self._send(STATUS_PREFIX + key, *(_osc_value(v) for v in value))
+                self._encode(out, STATUS_PREFIX + key, *(_osc_value(v) for v in value))
                 continue
-            self._send(STATUS_PREFIX + key, _osc_value(value))
+            self._encode(out, STATUS_PREFIX + key, _osc_value(value))
+        self._emit(out)
 
     def maybe_send_status(self, get_status: Callable[[], Mapping[str, Any]]) -> bool:
         """Call ``get_status()`` and send it if a status update is due (``status_hz``)."""
@@ -254,22 +270,44 @@ class FeedbackSender:
         log.log(logging.WARNING if first else logging.DEBUG, "feedback: skipped %s", why)
 
     def _send(self, address: str, *args: Any) -> None:
+        out: list[bytes] = []
+        self._encode(out, address, *args)
+        self._emit(out)
+
+    def _encode(self, out: list[bytes], address: str, *args: Any) -> None:
         try:
             clean = [a.replace("\x00", "") if isinstance(a, str) else a for a in args]
-            data = encode_message(address, *clean)
+            out.append(encode_message(address, *clean))
         except (ValueError, TypeError, OverflowError) as exc:
             self._skip(f"{address}: cannot encode {args!r}: {exc}")
-            return
-        for dest in self._dests:
-            try:
-                self.transport.send(data, dest)
-            except OSError as exc:
-                with self._lock:
-                    self._counts["send_errors"] += 1
-                log.debug("feedback send of %s to %s failed: %s", address, dest, exc)
-            else:
-                with self._lock:
-                    self._counts["sent"] += 1
+
+    def _emit(self, messages: list[bytes]) -> None:
+        """Send encoded messages: each as its own datagram, or (``bundle``) packed into as few
+        bundles of at most ``max_bundle_bytes`` as they fit in, in order (a message that fits
+        nowhere with another, or is alone, goes out plain)."""
+        if not self.bundle or len(messages) < 2:
+            datagrams = messages
+        else:
+            datagrams, group, size = [], [], BUNDLE_HEADER_BYTES
+            for m in messages:
+                if group and size + 4 + len(m) > self.max_bundle_bytes:
+                    datagrams.append(encode_bundle(group) if len(group) > 1 else group[0])
+                    group, size = [], BUNDLE_HEADER_BYTES
+                group.append(m)
+                size += 4 + len(m)
+            if group:
+                datagrams.append(encode_bundle(group) if len(group) > 1 else group[0])
+        for data in datagrams:
+            for dest in self._dests:
+                try:
+                    self.transport.send(data, dest)
+                except OSError as exc:
+                    with self._lock:
+                        self._counts["send_errors"] += 1
+                    log.debug("feedback send of %d bytes to %s failed: %s", len(data), dest, exc)
+                else:
+                    with self._lock:
+                        self._counts["sent"] += 1
 
 
 class FeedbackQueue:

@@ -229,3 +229,65 @@ def test_nan_status_values_still_go_out(listener: Listener) -> None:
     [msg] = listener.recv_all()
     assert msg.address == "/sd/status/fps" and math.isnan(msg.params[0])
     fb.close()
+
+
+def _recv_datagrams(listener: Listener, quiet: float = 0.2) -> list[bytes]:
+    out = []
+    while True:
+        listener.sock.settimeout(quiet)
+        try:
+            out.append(listener.sock.recvfrom(65536)[0])
+        except TimeoutError:
+            return out
+
+
+def test_bundled_echo_is_one_datagram_that_python_osc_reads_as_the_same_messages(listener: Listener) -> None:
+    from pythonosc.osc_bundle import OscBundle
+
+    fb = FeedbackSender([listener.target], bundle=True)
+    values = {"guidance": 2.5, "strength": 0.25, "seed": 9, "prompt": "x", "bypass": False}
+    fb.send_params(values)
+    datagrams = _recv_datagrams(listener)
+    assert len(datagrams) == 1 and fb.stats()["sent"] == 1
+    assert OscBundle.dgram_is_bundle(datagrams[0])
+    got = [(m.address, m.params) for m in OscBundle(datagrams[0])]
+    # the same messages, in the same order, as the unbundled echo sends one by one
+    plain = FeedbackSender([listener.target])
+    plain.send_params(values)
+    want = [(m.address, m.params) for m in listener.recv_all()]
+    assert got == want and len(want) == 8  # 5 values + 3 /sd/norm forms (not prompt, seed is an int)
+    fb.close()
+    plain.close()
+
+
+def test_bundles_stay_under_the_size_limit_keep_order_and_send_a_lone_message_plain(listener: Listener) -> None:
+    from pythonosc.osc_bundle import OscBundle
+    from pythonosc.osc_message import OscMessage as PyOscMessage
+
+    fb = FeedbackSender([listener.target], bundle=True, echo_normalized=False, max_bundle_bytes=200)
+    fb.send_params(default_values())
+    datagrams = _recv_datagrams(listener)
+    assert len(datagrams) > 1
+    seen = []
+    for d in datagrams:
+        if OscBundle.dgram_is_bundle(d):
+            assert len(d) <= 200
+            seen += [m.address for m in OscBundle(d)]
+        else:
+            seen.append(PyOscMessage(d).address)
+    assert seen == [PARAMS[name].address for name in default_values()]
+    fb.send_params({"guidance": 1.5})  # one message: plain, no bundle around it
+    (single,) = _recv_datagrams(listener)
+    assert not OscBundle.dgram_is_bundle(single) and PyOscMessage(single).address == "/sd/guidance"
+    fb.close()
+
+
+def test_bundled_status_is_one_datagram(listener: Listener) -> None:
+    from pythonosc.osc_bundle import OscBundle
+
+    fb = FeedbackSender([listener.target], bundle=True)
+    fb.send_status({"fps": 29.5, "state": "live", "beat": (3, 0.5)})
+    (d,) = _recv_datagrams(listener)
+    assert {m.address: m.params for m in OscBundle(d)} == {
+        "/sd/status/fps": [29.5], "/sd/status/state": ["live"], "/sd/status/beat": [3, 0.5]}
+    fb.close()
