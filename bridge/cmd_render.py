@@ -270,9 +270,6 @@ def _temporal(args: argparse.Namespace) -> dict:
         check_injection(args.temporal_injection)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if args.acceleration not in ("auto", "none", "compile"):
-        raise CliError(f"--temporal-frames lives in the PyTorch U-Net's attention: use --acceleration auto, none "
-                       f"or compile (not {args.acceleration})")
     out.update(temporal_max_frames=args.temporal_frames, temporal_interval=args.temporal_interval,
                temporal_injection=args.temporal_injection)
     return out
@@ -362,7 +359,7 @@ def _runner(args: argparse.Namespace, components, settings):
                           steps=len(settings.t_index_list), frame_buffer=settings.frame_buffer_size,
                           cfg_type=settings.cfg_type, cache_dir=cache, allow_build=args.allow_build,
                           denoising_batch=settings.denoising_batch,
-                          temporal=bool(getattr(settings, "temporal_max_frames", 0)))
+                          temporal=int(getattr(settings, "temporal_max_frames", 0)))
     except AccelError as exc:
         raise CliError(str(exc), code=1) from None
 

@@ -129,10 +129,11 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
     if temporal:
         if dev == "cuda":
             return AccelChoice(AUTO, "compile", "the temporal bank lives in the U-Net's attention: inductor + CUDA "
-                               "graphs, captured with the bank in place (exported engines cannot carry it)",
-                               "inductor", dev)
+                               "graphs, captured with the bank in place (TensorRT carries it too, when asked for "
+                               "explicitly)", "inductor", dev)
         return AccelChoice(AUTO, "none", "the temporal bank lives in the U-Net's attention: the eager PyTorch U-Net "
-                           "(the ONNX graphs cannot carry it; compiling takes minutes on a CPU)", None, dev)
+                           "(acceleration onnxruntime carries it too, when asked for explicitly; compiling takes "
+                           "minutes on a CPU)", None, dev)
     if dev == "cuda":
         if _installed("tensorrt") and _engines_cached(components, "tensorrt", shape, cache_dir, options):
             return AccelChoice(AUTO, "tensorrt", "verified TensorRT engines for this exact configuration are cached",

@@ -324,8 +324,11 @@ def _verify(graph: Any, components: Any, spec: GraphSpec, key: EngineKey) -> flo
 
 
 def ensure_engine(cache: EngineCache, key: EngineKey, components: Any, spec: GraphSpec, target: EngineTarget, *,
-                  allow_build: bool, options: AccelOptions, shape: StreamShape, force: bool = False) -> tuple[CachedEngine, bool]:
-    """The verified cache entry for ``key``, built when missing and allowed. Returns (entry, built)."""
+                  allow_build: bool, options: AccelOptions, shape: StreamShape, force: bool = False,
+                  temporal_frames: int | None = None) -> tuple[CachedEngine, bool]:
+    """The verified cache entry for ``key``, built when missing and allowed. Returns (entry, built).
+    ``temporal_frames``: the configuration's temporal bank size, for the build command a missing
+    engine names (default: the key's)."""
     if not force:
         found = cache.lookup(key)
         if found.entry is not None:
@@ -338,7 +341,7 @@ def ensure_engine(cache: EngineCache, key: EngineKey, components: Any, spec: Gra
         fused_flag = " --controlnet-graph unet" if key.component == "unet_cn" else ""
         raise EngineMissingError(
             f"no {key.backend} engine for {_describe(key)} in {cache.root}.{why} Build it ahead of the show "
-            f"with: {build_command(components, key.backend, shape, cache.root, key.temporal_frames)}{fused_flag} "
+            f"with: {build_command(components, key.backend, shape, cache.root, temporal_frames or key.temporal_frames)}{fused_flag} "
             "(or allow building at "
             "start-up in the config)"
         )
@@ -507,7 +510,7 @@ def build_runner(
     for comp, spec in specs.items():
         key = _spec_key(identity, target, spec, shape, text, options.exporter)
         entry, was_built = ensure_engine(cache, key, components, spec, target, allow_build=allow_build,
-                                         options=options, shape=shape)
+                                         options=options, shape=shape, temporal_frames=temporal_frames)
         if was_built:
             built.append(spec.component if comp in ("unet", "unet_res") else comp)
         graphs[comp] = _graph(entry, target, components, options)
