@@ -314,9 +314,8 @@ class EngineKey:
             raise ValueError(f"component should be one of {', '.join(known)} but is {self.component!r}")
         if self.component in ("controlnet", "unet_cn") and self.controlnet is None:
             raise ValueError(f"a {self.component} key names its ControlNets' weights")
-        if (self.component in TEMPORAL_COMPONENTS) != (self.temporal_frames is not None):
-            raise ValueError(f"a {self.component} key {'needs' if self.component in TEMPORAL_COMPONENTS else 'takes no'} "
-                             "temporal_frames (the temporal bank's built size)")
+        if self.component in TEMPORAL_COMPONENTS and not self.temporal_frames:
+            raise ValueError(f"a {self.component} key names the temporal bank's built size (temporal_frames)")
 
     def fields(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
