@@ -358,3 +358,55 @@ def test_tensorrt_runner_side_carries_the_bank(ort_bank, tiny_components, embeds
     addresses = engine.context.addresses
     assert addresses["bank_k_0"] == pipe.temporal.keys[0].data_ptr()
     assert addresses["attn_bias"] == pipe.temporal._attn_bias.data_ptr()
+    # rebinding an input (how a second engine shares the bank): the new address is set, a captured
+    # CUDA graph is dropped (captured again on the next run), a mismatched tensor refused
+    other = trt_backend.TrtGraph(trt_backend.build_engine(onnx["unet_tmp"], label="TensorRT unet_tmp"),
+                                 name="unet_tmp", use_cuda_graph=False)
+    other._graph = object()
+    other.bind_input("attn_bias", pipe.temporal._attn_bias)
+    assert other.context.addresses["attn_bias"] == pipe.temporal._attn_bias.data_ptr() and other._graph is None
+    assert other.inputs["attn_bias"] is pipe.temporal._attn_bias
+    with pytest.raises(ValueError, match="cannot bind input 'attn_bias'"):
+        other.bind_input("attn_bias", torch.zeros(FRAMES + 1))
+
+
+def test_runner_for_builds_the_graph_for_the_configured_bank(ort_bank, tiny_components, embeds, accel_cache):
+    from stream_core.accel.auto import runner_for
+    from stream_core.accel.errors import AccelError
+
+    ort_bank()
+    common = dict(width=SIZE, height=SIZE, steps=STEPS, frame_buffer=1, cfg_type="self", cache_dir=accel_cache,
+                  allow_build=False, options=TS)
+    runner, choice = runner_for(tiny_components, "onnxruntime", temporal=FRAMES, **common)
+    assert choice.backend == "onnxruntime" and "unet_tmp" in runner.graphs
+    pipe = StreamPipeline(runner, tiny_components.scheduler, _settings(temporal_max_frames=FRAMES), *embeds)
+    pipe(_clip(1)[0])
+    with pytest.raises(AccelError, match="temporal=max_frames"):  # "a bank" is not a graph shape
+        runner_for(tiny_components, "onnxruntime", temporal=True, **common)
+    # auto keeps its choice with a bank: eager on the CPU
+    assert runner_for(tiny_components, "auto", temporal=FRAMES, **common)[1].backend == "none"
+
+
+def test_engines_build_command_builds_the_temporal_graph(ort_bank, tiny_model_dir, accel_cache, capsys):
+    from bridge.cli import main
+
+    ort_bank()
+    base = ["engines", "build", "--model", str(tiny_model_dir), "--size", f"{SIZE}x{SIZE}", "--steps", str(STEPS),
+            "--cfg", "self", "--backend", "onnxruntime", "--only", "unet", "--exporter", "torchscript",
+            "--cache", str(accel_cache)]
+    capsys.readouterr()
+    assert main([*base, "--temporal-frames", str(FRAMES)]) == 0
+    out = capsys.readouterr().out
+    assert f"temporal bank of {FRAMES} frame(s)" in out.splitlines()[0]
+    assert any(line.startswith("cached  unet_tmp") for line in out.splitlines()), out  # the runner's graph
+    assert main(["engines", "list", "--cache", str(accel_cache)]) == 0
+    assert f"bank {FRAMES}" in capsys.readouterr().out
+    assert main([*base, "--temporal-frames", "5"]) == 2
+
+
+def test_build_command_names_the_bank(tiny_components, tmp_path):
+    from stream_core.accel.engines import build_command
+
+    shape = StreamShape.for_stream(SIZE, SIZE, STEPS, 1, "self")
+    assert "--temporal-frames 3" in build_command(tiny_components, "tensorrt", shape, tmp_path, 3)
+    assert "--temporal-frames" not in build_command(tiny_components, "tensorrt", shape, tmp_path)
