@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-#: a temporal graph's inputs holding the bank's read settings (see stream_core.accel.export)
-BANK_SETTINGS: tuple[str, ...] = ("attn_bias", "inj_bias", "inj_scale")
+from stream_core.accel.export import BANK_SETTINGS
 
 
 class StaticGraph(Protocol):
