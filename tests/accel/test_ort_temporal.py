@@ -410,3 +410,69 @@ def test_build_command_names_the_bank(tiny_components, tmp_path):
     shape = StreamShape.for_stream(SIZE, SIZE, STEPS, 1, "self")
     assert "--temporal-frames 3" in build_command(tiny_components, "tensorrt", shape, tmp_path, 3)
     assert "--temporal-frames" not in build_command(tiny_components, "tensorrt", shape, tmp_path)
+
+
+class FakeStaticGraph:
+    """A fake ``StaticGraph``: the named static buffers of a graph spec on one device and dtype, and
+    a ``run`` that copies the feeds in (through the real ``copy_feeds``) and computes nothing."""
+
+    def __init__(self, inputs, outputs, device, dtype):
+        def make(shape, dt):
+            return torch.empty(shape, device=device, dtype=dtype if dt.is_floating_point else dt)
+
+        self.inputs = {name: make(shape, torch.float32 if name == "timesteps" else dt) for name, shape, dt in inputs}
+        self.outputs = {name: make(shape, dt) for name, shape, dt in outputs}
+        self.calls = 0
+
+    def run(self, feeds):
+        from stream_core.accel.graph_runner import copy_feeds
+
+        copy_feeds(self, feeds, "fake")
+        self.calls += 1
+        return self.outputs
+
+
+def test_graph_runner_with_a_bank_stays_on_the_device_without_host_syncs(tiny_components, embeds):
+    """The runner's bank plumbing on the ``meta`` device in float16 (what a CUDA fp16 TensorRT
+    engine gives): ``.item()`` / ``bool(tensor)`` would raise there, and a tensor made on the CPU
+    would not mix with the graph's buffers."""
+    from stream_core.accel.export import temporal_graph_specs
+    from stream_core.accel.graph_runner import GraphRunner, TemporalGraphs
+    from stream_core.temporal import skeleton_unet
+
+    dev, dt = torch.device("meta"), torch.float16
+    cfg, batch = "full", 2 * STEPS
+    spec = temporal_graph_specs(tiny_components, batch=batch, rows=STEPS, width=SIZE, height=SIZE,
+                                max_frames=FRAMES)["unet_tmp"]
+    lay = spec.temporal
+    n = lay.layers
+    outs = [("eps", (batch, 4, SIZE // 8, SIZE // 8), dt)]
+    shapes = {name: shape for name, shape, _ in spec.inputs}
+    for kind in "kvo":
+        outs += [(f"new_{kind}_{i}", (batch, *shapes[f"bank_{kind}_{i}"][2:]), dt) for i in range(n)]
+    unet = FakeStaticGraph(spec.inputs, outs, dev, dt)
+    enc = FakeStaticGraph([("images", (1, 3, SIZE, SIZE), dt)], [("latents", (1, 4, SIZE // 8, SIZE // 8), dt)],
+                          dev, dt)
+    dec = FakeStaticGraph([("latents", (1, 4, SIZE // 8, SIZE // 8), dt)], [("images", (1, 3, SIZE, SIZE), dt)],
+                          dev, dt)
+    runner = GraphRunner(unet, enc, dec, device=dev, dtype=dt, backend="tensorrt",
+                         temporal=TemporalGraphs(lay.max_frames, lay.rows, lay.uncond, n,
+                                                 skeleton_unet(tiny_components.unet)))
+    pipe = StreamPipeline(runner, tiny_components.scheduler,
+                          _settings(cfg, temporal_max_frames=FRAMES, temporal_injection=0.5, temporal_interval=2),
+                          *embeds)
+    frame = torch.empty((1, 3, SIZE, SIZE), device=dev, dtype=dt)
+    for k in range(4):
+        out = pipe(frame)
+        if k == 1:
+            pipe.set_temporal_cache(False)
+            pipe.set_temporal_frames(1)
+        if k == 2:
+            pipe.reset()
+    assert (out.device, out.dtype) == (dev, dt)
+    assert unet.calls == STEPS - 1 + 4 + STEPS - 1  # primed twice (start, reset)
+    for name, t in pipe.temporal.tensors().items():
+        assert t.device == dev, name
+        if t.is_floating_point():
+            assert t.dtype == dt, name
+    assert pipe.temporal.keys[0] is unet.inputs["bank_k_0"]
