@@ -79,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of the previous output latent fed into the next input, 0..0.9 (default 0: off)")
     p.add_argument("--temporal-frames", type=int, default=0,
                    help="cached attention over the last N frames, 1..4 (default 0: off; auto runs it eagerly on "
-                   "the CPU, onnxruntime / tensorrt need graphs built with --temporal-frames)")
+                   "the CPU; onnxruntime / tensorrt run graphs built for the bank: engines build --temporal-frames N, "
+                   "or --allow-build)")
     p.add_argument("--temporal-interval", type=int, default=1, help="refresh the cached frames every N frames")
     p.add_argument("--temporal-injection", type=float, default=0.0, help="feature injection strength 0..1")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="WxH (default 512x512)")
