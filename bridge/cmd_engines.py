@@ -66,6 +66,10 @@ def register(subparsers: Any) -> None:
     build.add_argument("--steps", type=int, default=None, help="denoising steps = len(t_index_list) (default 2)")
     build.add_argument("--frame-buffer", type=int, default=None, help="frames per call (default 1)")
     build.add_argument("--cfg", choices=CFG_CHOICES, default=None, help="guidance mode (default self)")
+    build.add_argument("--temporal-frames", type=int, default=None, metavar="N",
+                       help="the temporal bank's built size (temporal.max_frames, 0..4; default: the config's, else "
+                       "0): the engine backends' U-Net graphs carry a bank of N frames (a graph shape: another N "
+                       "needs other graphs); compile attaches the bank at start-up and ignores it")
     build.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                        help="auto (default): what acceleration auto runs here -- compile (inductor + CUDA graphs) "
                        "on CUDA, onnxruntime on the CPU; or the config's explicit acceleration")
@@ -232,10 +236,20 @@ def _build(args: argparse.Namespace) -> int:
         raise CliError(f"--frame-buffer should be >= 1, got {frame_buffer}")
     if args.workspace_gb <= 0:
         raise CliError(f"--workspace-gb should be positive, got {args.workspace_gb}")
+    temporal_frames = args.temporal_frames if args.temporal_frames is not None else (
+        cfg.temporal.max_frames if cfg is not None else 0)
+    from stream_core.temporal import check_max_frames
+
+    try:
+        check_max_frames(temporal_frames)
+    except ValueError as exc:
+        raise CliError(f"--temporal-frames: {exc}") from None
     requested = args.backend or (pc.acceleration if pc is not None else "auto")
     device = args.device if args.device != "auto" or mc is None or mc.device == "auto" else (
         "cuda" if mc.device.startswith("cuda") else "cpu")
     backend, device = _resolve_backend(requested, device)
+    if backend == "compile":
+        temporal_frames = 0  # the compiled runner captures / compiles with the bank at start-up
     dtype = "float32" if device == "cpu" else "float16"
     if backend == "compile" and mc is not None and mc.dtype != "auto":
         dtype = mc.dtype
@@ -243,7 +257,8 @@ def _build(args: argparse.Namespace) -> int:
     presets_dir = args.presets or (cfg.presets.folder if cfg is not None else None)
     shapes = enumerate_shapes(BuildShape(width, height, steps, frame_buffer, cfg_type), _load_presets(presets_dir))
     cache = _cache_dir(args)
-    sys.stdout.write(f"{len(shapes)} shape(s) to build for {backend} on {device}:\n")
+    bank = f", temporal bank of {temporal_frames} frame(s)" if temporal_frames else ""
+    sys.stdout.write(f"{len(shapes)} shape(s) to build for {backend} on {device}{bank}:\n")
     for shape, sources in shapes:
         sys.stdout.write(f"  {shape.label()}  <- {', '.join(sources)}\n")
     loras = tuple(LoraSpec(*_parse_lora(s)) for s in args.lora)
@@ -257,6 +272,9 @@ def _build(args: argparse.Namespace) -> int:
 
     # the graphs depend on the ControlNets' weights only (a depth preprocessor runs eagerly)
     cn_models = list(args.controlnet) or [c.model for c in getattr(cfg, "controlnets", None) or ()]
+    if temporal_frames and cn_models and args.controlnet_graph == "unet":
+        raise CliError("--controlnet-graph unet cannot carry the temporal bank (--temporal-frames / "
+                       "temporal.max_frames): use --controlnet-graph separate (the default)")
     try:
         components = load_components(spec, controlnets=[ControlNetSpec(m) for m in cn_models])
     except (ModelNotFoundError, ModelLoadError, ValueError) as exc:
@@ -275,8 +293,8 @@ def _build(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         try:
             done = build_engines(components, backend, shape, cache, which=tuple(args.only or COMPONENT_CHOICES),
-                                 force=args.force, options=options)
-        except AccelError as exc:
+                                 force=args.force, options=options, temporal_frames=temporal_frames)
+        except (AccelError, ValueError) as exc:
             raise CliError(str(exc), code=1) from None
         if backend == "compile":
             for art in done:
@@ -289,7 +307,7 @@ def _build(args: argparse.Namespace) -> int:
             continue
         for entry, built in done:
             size_mb = sum(p.stat().st_size for p in entry.files) / 1e6
-            sys.stdout.write(f"{'built ' if built else 'cached'}  {entry.key.component:<8} {entry.main.name}  "
+            sys.stdout.write(f"{'built ' if built else 'cached'}  {entry.key.component:<12} {entry.main.name}  "
                              f"{size_mb:8.1f} MB\n")
             count += 1
     sys.stdout.write(f"{count} artefact(s) for {len(shapes)} shape(s) ready in {cache} "
@@ -328,8 +346,10 @@ def _check_backend(backend: str, device: str) -> None:
 def _row(st: Any) -> list[str]:
     f = st.fields
     size = f"{f['width']}x{f['height']}" if f.get("width") else "-"
-    if f.get("component") in ("unet", "unet_res", "controlnet"):
+    if f.get("component") in ("unet", "unet_res", "controlnet", "unet_cn", "unet_tmp", "unet_res_tmp"):
         batch = f"{f.get('batch')} (n{f.get('steps')} f{f.get('frame_buffer')} {f.get('cfg_type')})"
+        if f.get("temporal_frames"):
+            batch += f" bank {f['temporal_frames']}"
     else:
         batch = str(f.get("batch", "-"))
     model = str(st.info.get("model_source") or f.get("model", "?"))

@@ -78,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-feedback", type=float, default=0.0,
                    help="share of the previous output latent fed into the next input, 0..0.9 (default 0: off)")
     p.add_argument("--temporal-frames", type=int, default=0,
-                   help="cached attention over the last N frames, 1..4 (default 0: off; runs acceleration none)")
+                   help="cached attention over the last N frames, 1..4 (default 0: off; auto runs it eagerly on "
+                   "the CPU; onnxruntime / tensorrt run graphs built for the bank: engines build --temporal-frames N, "
+                   "or --allow-build)")
     p.add_argument("--temporal-interval", type=int, default=1, help="refresh the cached frames every N frames")
     p.add_argument("--temporal-injection", type=float, default=0.0, help="feature injection strength 0..1")
     p.add_argument("--size", type=parse_size, default=(512, 512), help="WxH (default 512x512)")
@@ -270,9 +272,6 @@ def _temporal(args: argparse.Namespace) -> dict:
         check_injection(args.temporal_injection)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if args.acceleration not in ("auto", "none", "compile"):
-        raise CliError(f"--temporal-frames lives in the PyTorch U-Net's attention: use --acceleration auto, none "
-                       f"or compile (not {args.acceleration})")
     out.update(temporal_max_frames=args.temporal_frames, temporal_interval=args.temporal_interval,
                temporal_injection=args.temporal_injection)
     return out
@@ -362,7 +361,7 @@ def _runner(args: argparse.Namespace, components, settings):
                           steps=len(settings.t_index_list), frame_buffer=settings.frame_buffer_size,
                           cfg_type=settings.cfg_type, cache_dir=cache, allow_build=args.allow_build,
                           denoising_batch=settings.denoising_batch,
-                          temporal=bool(getattr(settings, "temporal_max_frames", 0)))
+                          temporal=int(getattr(settings, "temporal_max_frames", 0)))
     except AccelError as exc:
         raise CliError(str(exc), code=1) from None
 

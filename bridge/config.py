@@ -337,10 +337,6 @@ def _check_temporal_config(cfg: DaemonConfig) -> None:
         return
     if p.temporal_frames is not None and p.temporal_frames > m:
         raise ValueError(f"params.temporal_frames: {p.temporal_frames} is more than temporal.max_frames ({m})")
-    if cfg.pipeline.acceleration not in ("none", "auto", "compile"):
-        raise ValueError(f"temporal.max_frames: the cached-attention bank lives in the PyTorch U-Net's attention "
-                         f"(acceleration none, compile, or auto which picks one of them), not with "
-                         f"{cfg.pipeline.acceleration!r}; set it to 0 or change pipeline.acceleration")
 
 
 def _default_source():

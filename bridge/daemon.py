@@ -187,7 +187,7 @@ class Daemon:
                 components, acceleration, width=p.size[0], height=p.size[1], steps=n_steps,
                 frame_buffer=p.frame_buffer, cfg_type=p.cfg, allow_build=p.allow_build,
                 cache_dir=Path(p.engine_cache).expanduser() if p.engine_cache else default_cache_dir(),
-                denoising_batch=p.denoising_batch, temporal=bool(self.cfg.temporal.max_frames),
+                denoising_batch=p.denoising_batch, temporal=self.cfg.temporal.max_frames,
             )
         except AccelError as exc:
             raise StartupError(str(exc)) from None

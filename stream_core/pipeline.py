@@ -966,8 +966,10 @@ def _unet_module(runner: Any) -> tuple[Any, Any]:
     """The diffusers U-Net the bank installs its processors in, and the compiled runner (CUDA
     graphs / inductor) that runs it, if any: that runner then captures or compiles its U-Net calls
     again with the bank in place (``CompiledRunner.attach_temporal_bank``) and the bank runs
-    static. Runners that exported the U-Net before the bank existed (ONNX Runtime, TensorRT,
-    ahead-of-time packages) would run it without the bank, so they are refused."""
+    static. ONNX Runtime / TensorRT runners (``GraphRunner``) built with the bank's graph give a
+    weightless copy of the U-Net to lay the bank out over, and the bank adopts their graph inputs
+    (``GraphRunner.attach_temporal_bank``). Runners whose U-Net was exported without the bank
+    (ahead-of-time packages, graphs built for no bank) are refused."""
     for obj in (runner, getattr(runner, "inner", None)):
         if obj is None:
             continue
@@ -980,7 +982,7 @@ def _unet_module(runner: Any) -> tuple[Any, Any]:
         if unet is not None and hasattr(unet, "set_attn_processor") and not hasattr(obj, "base"):
             return unet, None
     raise RebuildRequired(
-        f"the temporal bank lives in the PyTorch U-Net's attention (acceleration none or compile); "
-        f"{type(runner).__name__} runs a U-Net exported without it: set temporal.max_frames to 0 or use "
+        f"the temporal bank lives in the U-Net's attention (acceleration none or compile, or onnxruntime / "
+        f"tensorrt built with it); {type(runner).__name__} runs a U-Net without it: set temporal.max_frames to 0 or use "
         "acceleration none or compile"
     )

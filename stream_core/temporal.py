@@ -292,6 +292,35 @@ class TemporalBank:
     def active(self) -> bool:
         return self._call is not None
 
+    @property
+    def current_call(self) -> tuple[int, int, int] | None:
+        """``(first row, rows, uncond rows)`` of the U-Net call in progress, None outside one."""
+        return self._call
+
+    def adopt(self, attn_bias: torch.Tensor, inj_bias: torch.Tensor, strength: torch.Tensor,
+              keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
+        """Make the given tensors the bank's ring and read settings (an exported graph's static
+        input buffers, so that a graph call copies none of them): each must have the shape, dtype
+        and device of the tensor it replaces, whose contents are copied into it once."""
+        n = len(self.names)
+        if not len(keys) == len(values) == len(outputs) == n:
+            raise ValueError(f"the temporal bank has {n} layers but {len(keys)}/{len(values)}/{len(outputs)} "
+                             "key/value/output buffers were given")
+        pairs = [("attn_bias", self._attn_bias, attn_bias), ("inj_bias", self._inj_bias, inj_bias),
+                 ("strength", self._inj_scale, strength)]
+        for kind, store, given in (("keys", self.keys, keys), ("values", self.values, values),
+                                   ("outputs", self.outputs, outputs)):
+            pairs += [(f"{kind}[{i}] ({self.names[i]})", store[i], given[i]) for i in range(n)]
+        for what, mine, theirs in pairs:
+            if (tuple(mine.shape), mine.dtype, mine.device) != (tuple(theirs.shape), theirs.dtype, theirs.device):
+                raise ValueError(f"temporal bank {what}: the graph's buffer is {tuple(theirs.shape)} {theirs.dtype} "
+                                 f"on {theirs.device}, the bank's {tuple(mine.shape)} {mine.dtype} on {mine.device}")
+        for _, mine, theirs in pairs:
+            if theirs.data_ptr() != mine.data_ptr():
+                theirs.copy_(mine)
+        self._attn_bias, self._inj_bias, self._inj_scale = attn_bias, inj_bias, strength
+        self.keys, self.values, self.outputs = list(keys), list(values), list(outputs)
+
     def _rows(self, store: list[torch.Tensor], i: int, batch: int, tokens: int | None = None) -> torch.Tensor:
         """The ring of layer ``i`` for every row of the U-Net batch: (batch, max_frames * T, C)."""
         r0, n, uncond = self._call
@@ -398,25 +427,34 @@ class TemporalUNetGraph(torch.nn.Module):
     *outputs) -> (eps, *fresh keys, *fresh values, *fresh outputs)`` for one stream call of all
     ``rows`` rows (``uncond`` negative-text rows ahead). The bank must be static."""
 
-    def __init__(self, unet: Any, bank: TemporalBank, uncond: int = 0) -> None:
+    def __init__(self, unet: Any, bank: TemporalBank, uncond: int = 0, residuals: int = 0) -> None:
         super().__init__()
         if not bank.static:
             raise ValueError("export needs the temporal bank in static mode")
         self.unet = unet
         self.bank = bank
         self.uncond = uncond
+        #: with ``residuals`` > 0 the inputs after ``strength`` start with that many ControlNet
+        #: residuals (down blocks, then the mid block) added to the U-Net's skip connections
+        self.residuals = int(residuals)
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
                 attn_bias: torch.Tensor, inj_bias: torch.Tensor, strength: torch.Tensor,
                 *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
         b = self.bank
         n = len(b.names)
+        res, bank = bank[: self.residuals], bank[self.residuals :]
         saved = (b.keys, b.values, b.outputs, b._attn_bias, b._inj_bias, b._inj_scale)
         b.keys, b.values, b.outputs = list(bank[:n]), list(bank[n : 2 * n]), list(bank[2 * n :])
         b._attn_bias, b._inj_bias, b._inj_scale = attn_bias, inj_bias, strength
         b.begin_call(0, b.rows, self.uncond)
         try:
-            eps = self.unet(latents, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
+            if res:
+                from stream_core.runner import unet_with_residuals
+
+                eps = unet_with_residuals(self.unet, latents, timesteps, text_embeds, res)
+            else:
+                eps = self.unet(latents, timesteps, encoder_hidden_states=text_embeds, return_dict=False)[0]
             fresh = [rec for rec in b.fresh if rec is not None]
             if len(fresh) != n:
                 raise RuntimeError("not every self-attention layer ran")
@@ -429,6 +467,13 @@ class TemporalUNetGraph(torch.nn.Module):
     def example_bank(self) -> list[torch.Tensor]:
         b = self.bank
         return [*b.keys, *b.values, *b.outputs]
+
+
+def skeleton_unet(unet: Any) -> Any:
+    """A weightless copy of a diffusers U-Net's module tree (on the ``meta`` device): what a bank
+    needs to lay out its ring when the U-Net itself runs as an exported graph."""
+    with torch.device("meta"):
+        return type(unet).from_config(unet.config)
 
 
 def bank_rows(t_index_list: Sequence[int], frame_buffer_size: int) -> int:

@@ -103,14 +103,14 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
 
 
 def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_dir: Path | str, allow_build: bool,
-                        denoising_batch: bool = True, options: Any = None, temporal: bool = False) -> AccelChoice:
+                        denoising_batch: bool = True, options: Any = None, temporal: int = 0) -> AccelChoice:
     """Resolve ``requested`` (``auto`` or an explicit backend) for ``components`` on their device.
 
     ``shape`` is the stream's :class:`~stream_core.accel.engines.StreamShape`. An explicit backend
     comes back unchanged (its own errors come later, from ``build_runner``). ``temporal``: a
-    temporal bank (``stream_core.temporal``) will be installed in the U-Net's attention, which only
-    the PyTorch U-Net carries (eager, or ``compile`` capturing/compiling it with the bank): the
-    exported backends are refused and ``auto`` picks among those two.
+    temporal bank (``stream_core.temporal``) of that built size will be installed. Every backend
+    carries it (eager, ``compile`` capturing/compiling the U-Net with it, ONNX Runtime and TensorRT
+    running U-Net graphs that take it as inputs); ``auto`` picks between eager and ``compile``.
     """
     from stream_core.accel.engines import ACCELERATIONS, AccelOptions
 
@@ -120,9 +120,6 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
     if requested != AUTO:
         if requested not in ACCELERATIONS:
             raise ValueError(f"acceleration should be auto or one of {', '.join(ACCELERATIONS)} but is {requested!r}")
-        if temporal and requested not in ("none", "compile"):
-            raise ValueError(f"the temporal bank lives in the PyTorch U-Net's attention: acceleration {requested!r} "
-                             "runs an exported U-Net without it (use none, compile or auto)")
         mode = (options.compile_mode or ("graphs" if dev == "cuda" else "inductor")) if requested == "compile" else None
         return AccelChoice(requested, requested, "asked for explicitly", mode, dev)
     cache_dir = Path(cache_dir)
@@ -132,10 +129,11 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
     if temporal:
         if dev == "cuda":
             return AccelChoice(AUTO, "compile", "the temporal bank lives in the U-Net's attention: inductor + CUDA "
-                               "graphs, captured with the bank in place (exported engines cannot carry it)",
-                               "inductor", dev)
+                               "graphs, captured with the bank in place (TensorRT carries it too, when asked for "
+                               "explicitly)", "inductor", dev)
         return AccelChoice(AUTO, "none", "the temporal bank lives in the U-Net's attention: the eager PyTorch U-Net "
-                           "(the ONNX graphs cannot carry it; compiling takes minutes on a CPU)", None, dev)
+                           "(acceleration onnxruntime carries it too, when asked for explicitly; compiling takes "
+                           "minutes on a CPU)", None, dev)
     if dev == "cuda":
         if _installed("tensorrt") and _engines_cached(components, "tensorrt", shape, cache_dir, options):
             return AccelChoice(AUTO, "tensorrt", "verified TensorRT engines for this exact configuration are cached",
@@ -165,6 +163,17 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
                        "measured 1.8-3.4x faster)", None, dev)
 
 
+def _temporal_frames(temporal: int, backend: str) -> int:
+    """The bank size the engine backends build their U-Net graphs for (``temporal`` must be the
+    built size there, not just "a bank": it is a graph shape)."""
+    if backend not in ("onnxruntime", "tensorrt") or not temporal:
+        return 0
+    if isinstance(temporal, bool):
+        raise ValueError(f"acceleration {backend!r} builds its U-Net graph for the temporal bank's size: pass "
+                         "temporal=max_frames, not True")
+    return int(temporal)
+
+
 def machine_choice(device: str = "auto") -> AccelChoice:
     """What ``auto`` picks on this machine before any model is loaded (for ``streambridge doctor``).
 
@@ -187,13 +196,13 @@ def machine_choice(device: str = "auto") -> AccelChoice:
 
 def runner_for(components: Any, requested: str, *, width: int, height: int, steps: int, frame_buffer: int,
                cfg_type: str, cache_dir: Path | str, allow_build: bool | None, denoising_batch: bool = True,
-               options: Any = None, temporal: bool = False) -> tuple[Any, AccelChoice]:
+               options: Any = None, temporal: int = 0) -> tuple[Any, AccelChoice]:
     """Resolve ``requested`` and build its runner: ``(runner or None for eager, choice)``.
 
     What ``streambridge run`` and ``streambridge render`` both call, so they pick and fail alike.
     ``allow_build`` None (unset) lets ``auto``'s inductor compile happen at this start-up and builds
-    nothing else; True / False allow / forbid every build at start-up. ``temporal``: see
-    :func:`choose_acceleration`.
+    nothing else; True / False allow / forbid every build at start-up. ``temporal``: the temporal
+    bank's built size (``temporal.max_frames``; 0: none), see :func:`choose_acceleration`.
     The choice is logged at INFO. Any failure is an :class:`~stream_core.accel.errors.AccelError`
     whose message starts with the backend (and says when ``auto`` chose it).
     """
@@ -218,7 +227,8 @@ def runner_for(components: Any, requested: str, *, width: int, height: int, step
         runner = build_runner(components, choice.backend, batch=batch, width=width, height=height,
                               frame_buffer_size=frame_buffer, steps=steps, cfg_type=cfg_type, cache_dir=cache_dir,
                               allow_build=allow_build,
-                              options=dataclasses.replace(options, compile_mode=choice.compile_mode))
+                              options=dataclasses.replace(options, compile_mode=choice.compile_mode),
+                              temporal_frames=_temporal_frames(temporal, choice.backend))
     except Exception as exc:
         via = " (chosen by acceleration: auto)" if choice.requested == AUTO else ""
         raise AccelError(f"acceleration {choice.label!r}{via}: {exc}") from exc

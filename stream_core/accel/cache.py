@@ -42,6 +42,8 @@ ENGINE_SUFFIX: dict[str, str] = {"tensorrt": ".plan", "onnxruntime": ".onnx"}
 COMPONENTS: tuple[str, ...] = ("unet", "vae_enc", "vae_dec", "text")
 #: graphs made only when ControlNets are configured: one per ControlNet, and the U-Net taking residuals
 CONTROL_COMPONENTS: tuple[str, ...] = ("controlnet", "unet_res", "unet_cn")
+#: U-Net graphs that carry a temporal bank (``stream_core.temporal``) as inputs and outputs
+TEMPORAL_COMPONENTS: tuple[str, ...] = ("unet_tmp", "unet_res_tmp")
 QUARANTINE = "quarantine"
 _CHUNK = 4 << 20
 
@@ -300,21 +302,27 @@ class EngineKey:
     #: ``controlnet`` graphs: the ControlNet's weights (left out of the digest when None, so
     #: keys without ControlNets are what they always were)
     controlnet: str | None = None
+    #: ``unet_tmp`` / ``unet_res_tmp`` graphs: the temporal bank's built size (``max_frames``),
+    #: which sets the shapes of its ring inputs (left out of the digest when None)
+    temporal_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_DIRS:
             raise ValueError(f"backend should be one of {', '.join(BACKEND_DIRS)} but is {self.backend!r}")
-        if self.component not in COMPONENTS + CONTROL_COMPONENTS:
-            raise ValueError(f"component should be one of {', '.join(COMPONENTS + CONTROL_COMPONENTS)} "
-                             f"but is {self.component!r}")
+        known = COMPONENTS + CONTROL_COMPONENTS + TEMPORAL_COMPONENTS
+        if self.component not in known:
+            raise ValueError(f"component should be one of {', '.join(known)} but is {self.component!r}")
         if self.component in ("controlnet", "unet_cn") and self.controlnet is None:
             raise ValueError(f"a {self.component} key names its ControlNets' weights")
+        if self.component in TEMPORAL_COMPONENTS and not self.temporal_frames:
+            raise ValueError(f"a {self.component} key names the temporal bank's built size (temporal_frames)")
 
     def fields(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["loras"] = [[s, float(w)] for s, w in self.loras]
-        if d["controlnet"] is None:
-            del d["controlnet"]
+        for optional in ("controlnet", "temporal_frames"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     def digest(self) -> str:

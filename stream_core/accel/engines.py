@@ -18,6 +18,7 @@ import torch
 
 from stream_core.accel.cache import (
     COMPONENTS,
+    TEMPORAL_COMPONENTS,
     CachedEngine,
     EngineCache,
     EngineKey,
@@ -32,6 +33,8 @@ from stream_core.accel.export import (
     export_onnx,
     exporter_tag,
     graph_specs,
+    temporal_graph_specs,
+    temporal_variants,
     text_shape,
     torch_reference,
 )
@@ -159,14 +162,22 @@ def _target(backend: str, components: Any, options: AccelOptions) -> EngineTarge
 
 
 def engine_key(identity: ModelIdentity, target: EngineTarget, component: str, shape: StreamShape,
-               text: tuple[int, int], exporter: str, controlnet: int | None = None) -> EngineKey:
+               text: tuple[int, int], exporter: str, controlnet: int | None = None,
+               temporal_frames: int | None = None) -> EngineKey:
     """The cache key of one component: only the fields that change that component's graph.
-    ``controlnet``: which of ``identity.controlnets`` a ``controlnet`` graph runs."""
+    ``controlnet``: which of ``identity.controlnets`` a ``controlnet`` graph runs;
+    ``temporal_frames``: the temporal bank's built size (``unet_tmp`` / ``unet_res_tmp``)."""
     common: dict[str, Any] = {
         "backend": target.backend, "component": component, "model": identity.model, "vae": identity.vae,
         "loras": identity.loras, "precision": target.precision, "runtime": target.runtime,
         "device": target.device_tag, "exporter": exporter_tag(exporter),
     }
+    if component in TEMPORAL_COMPONENTS:
+        if not temporal_frames or shape.steps is None or shape.cfg_type is None:
+            raise ValueError(f"a {component} key needs the temporal bank's max_frames, the steps and the guidance mode")
+        return EngineKey(**common, width=shape.width, height=shape.height, batch=shape.batch, steps=shape.steps,
+                         frame_buffer=shape.frame_buffer, cfg_type=shape.cfg_type, text_len=text[0], text_dim=text[1],
+                         temporal_frames=int(temporal_frames))
     if component in ("unet", "unet_res", "controlnet", "unet_cn"):
         cn = None
         if component == "unet_cn":
@@ -192,16 +203,20 @@ def _describe(key: EngineKey) -> str:
     parts = [key.component]
     if key.width:
         parts.append(f"{key.width}x{key.height}")
-    if key.component in ("unet", "unet_res", "controlnet", "unet_cn"):
+    if key.component in ("unet", "unet_res", "controlnet", "unet_cn", *TEMPORAL_COMPONENTS):
         parts.append(f"batch {key.batch} (steps {key.steps}, frame buffer {key.frame_buffer}, cfg {key.cfg_type})")
+    if key.temporal_frames:
+        parts.append(f"temporal bank of {key.temporal_frames} frame(s)")
     elif key.component != "text":
         parts.append(f"frame buffer {key.frame_buffer}")
     parts.append(key.precision)
     return ", ".join(parts)
 
 
-def build_command(components: Any, backend: str, shape: StreamShape, cache_dir: Path) -> str:
-    """The ``streambridge engines build`` line that makes the engines for this configuration."""
+def build_command(components: Any, backend: str, shape: StreamShape, cache_dir: Path,
+                  temporal_frames: int | None = None) -> str:
+    """The ``streambridge engines build`` line that makes the engines for this configuration
+    (``temporal_frames``: the U-Net graph carries a temporal bank of that many frames)."""
     info = getattr(components, "info", {}) or {}
     cmd = ["streambridge engines build", f"--backend {backend}"]
     model = info.get("model")
@@ -228,6 +243,8 @@ def build_command(components: Any, backend: str, shape: StreamShape, cache_dir: 
     cmd.append(f"--frame-buffer {shape.frame_buffer}")
     if shape.cfg_type is not None:
         cmd.append(f"--cfg {shape.cfg_type}")
+    if temporal_frames:
+        cmd.append(f"--temporal-frames {temporal_frames}")
     cmd.append(f"--cache {cache_dir}")
     return " ".join(cmd)
 
@@ -287,22 +304,31 @@ def _sources(components: Any) -> dict[str, Any]:
 
 
 def _verify(graph: Any, components: Any, spec: GraphSpec, key: EngineKey) -> float:
-    inputs = spec.example_inputs(components.device, components.dtype, seed=1)
-    feeds = dict(zip(spec.input_names, inputs, strict=True))
-    outs = graph.run(feeds)
-    ref = torch_reference(components, spec, inputs)
-    refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
+    """Run ``graph`` on fixed example inputs and compare every output with the torch module's; a
+    temporal graph under each setting it must reproduce (cache read with injection, cache off,
+    every slot read)."""
     rtol, atol = _tolerances(key.precision)
     err = 0.0
-    for name, r in zip(spec.output_names, refs, strict=True):  # every output (a ControlNet has several)
-        err = max(err, compare(outs[name], r, rtol=rtol, atol=atol, what=f"{key.backend} {key.component} {name}"))
+    base = spec.example_inputs(components.device, components.dtype, seed=1)
+    for label, inputs in temporal_variants(spec, base):
+        feeds = dict(zip(spec.input_names, inputs, strict=True))
+        outs = graph.run(feeds)
+        ref = torch_reference(components, spec, inputs)
+        refs = list(ref) if isinstance(ref, (list, tuple)) else [ref]
+        where = f" ({label})" if label else ""
+        for name, r in zip(spec.output_names, refs, strict=True):  # every output (a ControlNet has several)
+            err = max(err, compare(outs[name], r, rtol=rtol, atol=atol,
+                                   what=f"{key.backend} {key.component} {name}{where}"))
     log.info("verified %s %s against torch: max abs error %.2g", key.backend, key.component, err)
     return err
 
 
 def ensure_engine(cache: EngineCache, key: EngineKey, components: Any, spec: GraphSpec, target: EngineTarget, *,
-                  allow_build: bool, options: AccelOptions, shape: StreamShape, force: bool = False) -> tuple[CachedEngine, bool]:
-    """The verified cache entry for ``key``, built when missing and allowed. Returns (entry, built)."""
+                  allow_build: bool, options: AccelOptions, shape: StreamShape, force: bool = False,
+                  temporal_frames: int | None = None) -> tuple[CachedEngine, bool]:
+    """The verified cache entry for ``key``, built when missing and allowed. Returns (entry, built).
+    ``temporal_frames``: the configuration's temporal bank size, for the build command a missing
+    engine names (default: the key's)."""
     if not force:
         found = cache.lookup(key)
         if found.entry is not None:
@@ -315,7 +341,8 @@ def ensure_engine(cache: EngineCache, key: EngineKey, components: Any, spec: Gra
         fused_flag = " --controlnet-graph unet" if key.component == "unet_cn" else ""
         raise EngineMissingError(
             f"no {key.backend} engine for {_describe(key)} in {cache.root}.{why} Build it ahead of the show "
-            f"with: {build_command(components, key.backend, shape, cache.root)}{fused_flag} (or allow building at "
+            f"with: {build_command(components, key.backend, shape, cache.root, temporal_frames or key.temporal_frames)}{fused_flag} "
+            "(or allow building at "
             "start-up in the config)"
         )
     log.info("building %s %s (%s)", key.backend, key.component, _describe(key))
@@ -345,12 +372,15 @@ def build_engines(
     which: Sequence[str] = COMPONENTS,
     force: bool = False,
     options: AccelOptions | None = None,
+    temporal_frames: int = 0,
 ) -> list[Any]:
     """Make sure every component in ``which`` has a verified engine (build what is missing).
 
     Engine backends return ``(CachedEngine, built)`` per component; ``compile`` compiles the
     runner into its persisted inductor cache and returns its ``CompiledArtefacts`` (nothing for
-    ``graphs`` mode, which keeps nothing on disk).
+    ``graphs`` mode, which keeps nothing on disk). ``temporal_frames`` > 0: the U-Net graphs carry a
+    temporal bank of that built size (``unet_tmp``, and ``unet_res_tmp`` with ControlNets) in place
+    of the plain ones; ``compile`` attaches the bank at start-up instead and ignores it here.
     """
     options = options or AccelOptions()
     if backend == "compile":
@@ -360,22 +390,56 @@ def build_engines(
     cache = EngineCache(cache_dir)
     target = _target(backend, components, options)
     identity = identify(components, cache.memo())
-    specs = graph_specs(components, batch=shape.batch, frame_buffer=shape.frame_buffer, width=shape.width,
-                        height=shape.height)
+    specs = _runner_specs(components, shape, options, temporal_frames)
     text = text_shape(components)
     done: list[tuple[CachedEngine, bool]] = []
     for comp in which:
-        key = engine_key(identity, target, comp, shape, text, options.exporter)
-        done.append(ensure_engine(cache, key, components, specs[comp], target, allow_build=True, options=options,
+        spec = specs.get(comp) or graph_specs(components, batch=shape.batch, frame_buffer=shape.frame_buffer,
+                                              width=shape.width, height=shape.height)[comp]
+        key = _spec_key(identity, target, spec, shape, text, options.exporter)
+        done.append(ensure_engine(cache, key, components, spec, target, allow_build=True, options=options,
                                   shape=shape, force=force))
     if "unet" in which:  # the ControlNets' graphs go with the U-Net's
-        for spec in control_graph_specs(components, batch=shape.batch, width=shape.width, height=shape.height,
-                                        fused=_fused(options)).values():
-            key = engine_key(identity, target, spec.component, shape, text, options.exporter,
-                             controlnet=spec.index if spec.component == "controlnet" else None)
-            done.append(ensure_engine(cache, key, components, spec, target, allow_build=True, options=options,
-                                      shape=shape, force=force))
+        for name, spec in specs.items():
+            if name not in RUNNER_COMPONENTS:
+                key = _spec_key(identity, target, spec, shape, text, options.exporter)
+                done.append(ensure_engine(cache, key, components, spec, target, allow_build=True, options=options,
+                                          shape=shape, force=force))
     return done
+
+
+def _spec_key(identity: ModelIdentity, target: EngineTarget, spec: GraphSpec, shape: StreamShape,
+              text: tuple[int, int], exporter: str) -> EngineKey:
+    return engine_key(identity, target, spec.component, shape, text, exporter,
+                      controlnet=spec.index if spec.component == "controlnet" else None,
+                      temporal_frames=spec.temporal.max_frames if spec.temporal is not None else None)
+
+
+def _runner_specs(components: Any, shape: StreamShape, options: AccelOptions,
+                  temporal_frames: int = 0) -> dict[str, GraphSpec]:
+    """The graphs a :class:`GraphRunner` runs, by its name for them: ``unet``, ``vae_enc``,
+    ``vae_dec``, then ``controlnet0`` ... and ``unet_res`` (or ``unet_cn``). With a temporal bank
+    (``temporal_frames`` > 0) the ``unet`` and ``unet_res`` entries are the graphs carrying it
+    (components ``unet_tmp`` / ``unet_res_tmp``)."""
+    specs: dict[str, GraphSpec] = dict(graph_specs(components, batch=shape.batch, frame_buffer=shape.frame_buffer,
+                                                   width=shape.width, height=shape.height))
+    del specs["text"]
+    fused = _fused(options)
+    if temporal_frames:
+        if fused and getattr(components, "controlnets", None):
+            raise ValueError("a temporal bank cannot ride in the single ControlNet + U-Net graph "
+                             "(controlnet_graph: unet): use controlnet_graph: separate (the default, each "
+                             "ControlNet its own graph and the U-Net taking residuals) or temporal.max_frames 0")
+        if shape.steps is None:
+            raise ValueError("a temporal U-Net graph needs the stream's steps (its bank keeps a ring per stream row)")
+        tmp = temporal_graph_specs(components, batch=shape.batch, rows=shape.steps * shape.frame_buffer,
+                                   width=shape.width, height=shape.height, max_frames=temporal_frames)
+        specs["unet"] = tmp["unet_tmp"]
+    specs.update(control_graph_specs(components, batch=shape.batch, width=shape.width, height=shape.height,
+                                     fused=fused))
+    if temporal_frames and "unet_res" in specs:
+        specs["unet_res"] = tmp["unet_res_tmp"]
+    return specs
 
 
 def _fused(options: AccelOptions) -> bool:
@@ -411,6 +475,7 @@ def build_runner(
     cfg_type: str | None = None,
     options: AccelOptions | None = None,
     warm_up: bool = True,
+    temporal_frames: int = 0,
 ) -> ModelRunner:
     """The :class:`ModelRunner` for ``acceleration`` (none | compile | tensorrt | onnxruntime).
 
@@ -419,7 +484,10 @@ def build_runner(
     the same batch but different guidance modes then get separate, correctly labelled engines).
     A backend that cannot run here raises :class:`BackendUnavailableError`; a missing engine with
     ``allow_build=False`` raises :class:`EngineMissingError` naming the build command. Nothing
-    falls back silently to another backend.
+    falls back silently to another backend. ``temporal_frames`` > 0 (the pipeline will install a
+    temporal bank of that built size): the engine backends run U-Net graphs that carry the bank as
+    inputs and outputs (``GraphRunner.attach_temporal_bank``); ``compile`` attaches it at
+    start-up by itself and ``none`` needs nothing, so both ignore it.
     """
     if acceleration not in ACCELERATIONS:
         raise ValueError(f"acceleration should be one of {', '.join(ACCELERATIONS)} but is {acceleration!r}")
@@ -434,35 +502,36 @@ def build_runner(
     cache = EngineCache(cache_dir)
     target = _target(acceleration, components, options)
     identity = identify(components, cache.memo())
-    specs = graph_specs(components, batch=batch, frame_buffer=frame_buffer_size, width=width, height=height)
+    specs = _runner_specs(components, shape, options, temporal_frames)
     text = text_shape(components)
     graphs: dict[str, Any] = {}
     built: list[str] = []
-    for comp in RUNNER_COMPONENTS:
-        key = engine_key(identity, target, comp, shape, text, options.exporter)
-        entry, was_built = ensure_engine(cache, key, components, specs[comp], target, allow_build=allow_build,
-                                         options=options, shape=shape)
-        if was_built:
-            built.append(comp)
-        graphs[comp] = _graph(entry, target, components, options)
-        log.info("%s %s: %s", acceleration, comp, entry.main.name)
-    cn_specs = control_graph_specs(components, batch=batch, width=width, height=height, fused=_fused(options))
-    for comp, spec in cn_specs.items():  # controlnet0, controlnet1, ..., unet_res (or unet_cn)
-        key = engine_key(identity, target, spec.component, shape, text, options.exporter,
-                         controlnet=spec.index if spec.component == "controlnet" else None)
+    # unet, vae_enc, vae_dec, then controlnet0, controlnet1, ..., unet_res (or unet_cn)
+    for comp, spec in specs.items():
+        key = _spec_key(identity, target, spec, shape, text, options.exporter)
         entry, was_built = ensure_engine(cache, key, components, spec, target, allow_build=allow_build,
-                                         options=options, shape=shape)
+                                         options=options, shape=shape, temporal_frames=temporal_frames)
         if was_built:
-            built.append(comp)
+            built.append(spec.component if comp in ("unet", "unet_res") else comp)
         graphs[comp] = _graph(entry, target, components, options)
-        log.info("%s %s: %s", acceleration, comp, entry.main.name)
-    from stream_core.accel.graph_runner import GraphRunner
+        log.info("%s %s: %s", acceleration, spec.component if comp in ("unet", "unet_res") else comp,
+                 entry.main.name)
+    from stream_core.accel.graph_runner import GraphRunner, TemporalGraphs
 
+    temporal = None
+    if temporal_frames:
+        from stream_core.temporal import skeleton_unet
+
+        lay = specs["unet"].temporal
+        assert lay is not None
+        temporal = TemporalGraphs(max_frames=lay.max_frames, rows=lay.rows, uncond=lay.uncond, layers=lay.layers,
+                                  layout_unet=skeleton_unet(components.unet))
     dtype = torch.float32 if target.precision == "fp32" else torch.float16
     runner = GraphRunner(graphs["unet"], graphs["vae_enc"], graphs["vae_dec"], device=components.device, dtype=dtype,
                          backend=acceleration, info={"built": built, "runtime": target.runtime},
                          controlnets=[graphs[f"controlnet{k}"] for k in range(len(units)) if f"controlnet{k}" in graphs],
-                         unet_res=graphs.get("unet_res"), unet_cn=graphs.get("unet_cn"), controlnet_count=len(units))
+                         unet_res=graphs.get("unet_res"), unet_cn=graphs.get("unet_cn"), controlnet_count=len(units),
+                         temporal=temporal)
     if warm_up:
         _warm(runner, components, shape, dtype)
     return runner

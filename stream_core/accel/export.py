@@ -33,6 +33,16 @@ Alternatively (``AccelOptions.controlnet_graph = "unet"``) every ControlNet runs
 inactive ControlNet is then computed at scale 0 while another one is active (when none is, the
 plain ``unet`` graph runs).
 
+With a temporal bank (``stream_core.temporal``, ``temporal.max_frames`` = M > 0) the U-Net graph
+is ``unet_tmp`` (and ``unet_res_tmp`` for ControlNets: the residuals follow ``inj_scale``): the
+bank is a set of graph inputs and the keys/values/outputs its layers compute are outputs, so the
+ring never lives inside the graph and every live setting is a tensor value (``R`` = stream rows
+``n * f``, ``T_i, C_i`` = layer ``i``'s tokens and channels)::
+
+    inputs   latents, timesteps, text_embeds, attn_bias (M,), inj_bias (M,), inj_scale (),
+             [res_0 ... res_{m-1},] bank_k_i (R,M,T_i,C_i), bank_v_i (...), bank_o_i (R,M,T_i,C_o)
+    outputs  eps, new_k_i (B,T_i,C_i), new_v_i (...), new_o_i (B,T_i,C_o)
+
 Timesteps, text embeddings and latents are graph *inputs*, so prompt, strength (t_index_list),
 guidance, delta and seed changes never need a new graph. Timesteps are exported as float32:
 diffusers turns them into float32 for the sinusoidal embedding anyway, so the graph computes the
@@ -48,6 +58,7 @@ models and is ~7x faster to export the tiny test model; it is kept as an explici
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import time
@@ -73,6 +84,10 @@ log = logging.getLogger(__name__)
 OPSET = 18
 EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
 EXTERNAL_DATA_BYTES = 3 << 29  # 1.5 GiB of weights: store them beside the graph
+#: the graph components that carry a temporal bank (same names as the cache's)
+TEMPORAL_GRAPHS: tuple[str, ...] = ("unet_tmp", "unet_res_tmp")
+#: a temporal graph's inputs that hold the bank's read settings (then come its rings)
+BANK_SETTINGS: tuple[str, ...] = ("attn_bias", "inj_bias", "inj_scale")
 IO_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unet": (("latents", "timesteps", "text_embeds"), ("eps",)),
     "vae_enc": (("images",), ("latents",)),
@@ -178,6 +193,20 @@ class TextEncoderGraph(torch.nn.Module):
 
 
 @dataclass(frozen=True)
+class TemporalLayout:
+    """What a temporal graph (``unet_tmp`` / ``unet_res_tmp``) is built for: the bank's built size,
+    the stream rows it keeps rings for, the negative-text rows ahead of them in the U-Net batch,
+    the latent grid and the number of ControlNet residual inputs."""
+
+    max_frames: int
+    rows: int
+    uncond: int
+    latent_hw: tuple[int, int]
+    residuals: int = 0
+    layers: int = 0
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     """One graph to export: its component name and the static shape/dtype of every input."""
 
@@ -187,6 +216,8 @@ class GraphSpec:
     outputs: tuple[str, ...] = ()
     #: which ControlNet (``controlnet`` graphs)
     index: int = 0
+    #: temporal graphs: the bank they carry
+    temporal: TemporalLayout | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -215,6 +246,11 @@ class GraphSpec:
                 t = torch.full(shape, 0.8)
             elif name.startswith("res_"):
                 t = torch.randn(shape, generator=g) * 0.1
+            elif name in ("attn_bias", "inj_bias"):  # the newest slot read, the others masked
+                t = torch.full(shape, float("-inf"))
+                t[0] = 0.0
+            elif name == "inj_scale":
+                t = torch.full(shape, 0.5)
             else:
                 t = torch.randn(shape, generator=g)
             target = dt if name in ("timesteps", "input_ids") else dtype
@@ -298,6 +334,79 @@ def control_graph_specs(components: Any, *, batch: int, width: int, height: int,
     return specs
 
 
+def temporal_graph_specs(components: Any, *, batch: int, rows: int, width: int, height: int,
+                         max_frames: int) -> dict[str, GraphSpec]:
+    """``unet_tmp`` (and ``unet_res_tmp`` when the components have ControlNets: their residual
+    graph) for a temporal bank of ``max_frames`` slots over ``rows`` stream rows; the U-Net batch
+    ``batch`` holds ``batch - rows`` negative-text rows ahead of them (guidance full/initialize).
+    The ring shapes come from a bank laid out over a weightless copy of the U-Net."""
+    from stream_core.temporal import TemporalBank, check_max_frames, skeleton_unet
+
+    if check_max_frames(max_frames) < 1:
+        raise ValueError("a temporal graph needs max_frames >= 1")
+    uncond = batch - rows
+    if rows < 1 or uncond < 0:
+        raise ValueError(f"a U-Net batch of {batch} cannot hold {rows} stream rows")
+    h, w = height // 8, width // 8
+    bank = TemporalBank(skeleton_unet(components.unet), rows, (h, w), max_frames, "meta", torch.float32, static=True)
+    n = len(bank.names)
+    f32 = torch.float32
+    settings = (("attn_bias", (max_frames,), f32), ("inj_bias", (max_frames,), f32), ("inj_scale", (), f32))
+    rings = [(f"bank_{kind}_{i}", tuple(store[i].shape), f32)
+             for kind, store in (("k", bank.keys), ("v", bank.values), ("o", bank.outputs)) for i in range(n)]
+    outputs = ("eps", *(f"new_{kind}_{i}" for kind in ("k", "v", "o") for i in range(n)))
+    plain = graph_specs(components, batch=batch, frame_buffer=1, width=width, height=height)["unet"]
+    layout = TemporalLayout(max_frames, rows, uncond, (h, w), 0, n)
+    specs = {"unet_tmp": GraphSpec("unet_tmp", (*plain.inputs, *settings, *rings), outputs, temporal=layout)}
+    res = control_graph_specs(components, batch=batch, width=width, height=height).get("unet_res")
+    if res is not None:
+        residuals = res.inputs[3:]
+        specs["unet_res_tmp"] = GraphSpec("unet_res_tmp", (*plain.inputs, *settings, *residuals, *rings), outputs,
+                                          temporal=dataclasses.replace(layout, residuals=len(residuals)))
+    return specs
+
+
+@contextlib.contextmanager
+def _module_for(components: Any, spec: GraphSpec) -> Iterator[torch.nn.Module]:
+    """The torch module a graph is exported from; a temporal graph's bank is installed in the
+    U-Net for the duration (static mode) and taken out again after."""
+    if spec.temporal is None:
+        yield spec_module(components, spec)
+        return
+    from stream_core.temporal import TemporalBank, TemporalUNetGraph
+
+    lay = spec.temporal
+    param = next(components.unet.parameters())
+    bank = TemporalBank(components.unet, lay.rows, lay.latent_hw, lay.max_frames, param.device, param.dtype,
+                        static=True)
+    try:
+        if len(bank.names) != lay.layers:
+            raise ValueError(f"{spec.component}: the U-Net has {len(bank.names)} self-attention layers, the graph "
+                             f"spec {lay.layers}")
+        yield TemporalUNetGraph(components.unet, bank, lay.uncond, lay.residuals).eval()
+    finally:
+        bank.uninstall()
+
+
+def temporal_variants(spec: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
+    """A temporal graph's example inputs under the settings it must reproduce: the cache read
+    with injection (``example_inputs``), the cache off, and every slot read without injection."""
+    if spec.temporal is None:
+        return [("", inputs)]
+    names = spec.input_names
+    at = {name: names.index(name) for name in BANK_SETTINGS}
+
+    def variant(bias: float, scale: float) -> tuple[torch.Tensor, ...]:
+        out = list(inputs)
+        out[at["attn_bias"]] = torch.full_like(inputs[at["attn_bias"]], bias)
+        out[at["inj_bias"]] = torch.full_like(inputs[at["inj_bias"]], bias)
+        out[at["inj_scale"]] = torch.full_like(inputs[at["inj_scale"]], scale)
+        return tuple(out)
+
+    return [("cache on, injection 0.5", inputs), ("cache off", variant(float("-inf"), 0.0)),
+            ("every slot, no injection", variant(0.0, 0.0))]
+
+
 def spec_module(components: Any, spec: GraphSpec) -> torch.nn.Module:
     """The torch module a graph is exported from (see :func:`graph_module`)."""
     if spec.component == "controlnet":
@@ -370,16 +479,15 @@ def export_onnx(
     module's dtype except timesteps (always float32) and ids (int64).
     """
     check_export_deps(exporter)
-    module = spec_module(components, spec)
-    param = next(module.parameters())
-    device = device or param.device
-    dtype = dtype or param.dtype
-    args = spec.example_inputs(device, dtype)
-    external = _param_bytes(module) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        with torch.no_grad(), _quiet_export():
+        with _module_for(components, spec) as module, torch.no_grad(), _quiet_export():
+            param = next(module.parameters())
+            device = device or param.device
+            dtype = dtype or param.dtype
+            args = spec.example_inputs(device, dtype)
+            external = _param_bytes(module) > EXTERNAL_DATA_BYTES
             if exporter == "dynamo":
                 torch.onnx.export(
                     module, args, str(path), input_names=list(spec.input_names),
@@ -409,8 +517,7 @@ def export_onnx(
 
 def torch_reference(components: Any, spec: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The torch module's output for ``inputs`` (the reference an exported graph must match)."""
-    module = spec_module(components, spec)
-    with torch.no_grad():
+    with _module_for(components, spec) as module, torch.no_grad():
         return module(*inputs)
 
 

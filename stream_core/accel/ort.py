@@ -106,6 +106,7 @@ class OrtGraph:
         for arg in self.session.get_outputs():
             self.outputs[arg.name] = torch.empty(out_shapes[arg.name], dtype=_dtype(arg.type), device=self.device)
         self.binding = self.session.io_binding()
+        self._device_type, self._device_id = device_type, device_id
         for name, t in self.inputs.items():
             self.binding.bind_input(name, device_type, device_id, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
         for name, t in self.outputs.items():
@@ -124,6 +125,18 @@ class OrtGraph:
             for arg, val in zip(self.session.get_outputs(), self.session.run(None, feeds), strict=True):
                 shapes[arg.name] = tuple(val.shape)
         return shapes
+
+    def bind_input(self, name: str, tensor: torch.Tensor) -> None:
+        """Read input ``name`` from ``tensor`` (same shape, dtype and device) instead of the
+        buffer allocated for it, from the next run on (e.g. two graphs sharing one temporal bank)."""
+        buf = self.inputs[name]
+        if (tuple(tensor.shape), tensor.dtype, tensor.device) != (tuple(buf.shape), buf.dtype, buf.device) or \
+                not tensor.is_contiguous():
+            raise ValueError(f"{self.path.name}: cannot bind input '{name}' ({tuple(buf.shape)} {buf.dtype}) to a "
+                             f"{tuple(tensor.shape)} {tensor.dtype} tensor on {tensor.device}")
+        self.binding.bind_input(name, self._device_type, self._device_id, _np_dtype(tensor.dtype), list(tensor.shape),
+                                tensor.data_ptr())
+        self.inputs[name] = tensor
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         copy_feeds(self, feeds, self.path.name)

@@ -230,6 +230,20 @@ class TrtGraph:
         self.use_cuda_graph = use_cuda_graph
         self._graph: torch.cuda.CUDAGraph | None = None
 
+    def bind_input(self, name: str, tensor: torch.Tensor) -> None:
+        """Read input ``name`` from ``tensor`` (same shape, dtype and device) instead of the buffer
+        allocated for it (e.g. two engines sharing one temporal bank); a captured CUDA graph is
+        dropped and captured again on the next run, with the new address."""
+        buf = self.inputs[name]
+        if (tuple(tensor.shape), tensor.dtype, tensor.device) != (tuple(buf.shape), buf.dtype, buf.device) or \
+                not tensor.is_contiguous():
+            raise ValueError(f"{self.name}: cannot bind input '{name}' ({tuple(buf.shape)} {buf.dtype}) to a "
+                             f"{tuple(tensor.shape)} {tensor.dtype} tensor on {tensor.device}")
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise EngineBuildError(f"{self.name}: set_tensor_address({name}) was refused")
+        self.inputs[name] = tensor
+        self._graph = None
+
     def _enqueue(self, stream: torch.cuda.Stream) -> None:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.name}")

@@ -43,6 +43,7 @@ CHANGES = {
     "text_len": 76,
     "text_dim": 768,
     "controlnet": "sha256:cn",
+    "temporal_frames": 2,
 }
 
 

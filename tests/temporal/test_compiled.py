@@ -86,10 +86,10 @@ def test_auto_with_a_bank_picks_a_backend_that_carries_it(tmp_path, device, want
     assert "temporal bank" in choice.reason
 
 
-@pytest.mark.parametrize("requested", ["onnxruntime", "tensorrt"])
-def test_exported_backends_are_refused_with_a_bank(tmp_path, requested):
+@pytest.mark.parametrize("requested", ["onnxruntime", "tensorrt", "compile"])
+def test_explicit_backends_carry_a_bank(tmp_path, requested):
+    """The engine backends run U-Net graphs that take the bank as inputs (tests/accel/test_ort_temporal.py):
+    an explicit choice comes back as asked."""
     comps = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32)
-    with pytest.raises(ValueError, match="temporal bank"):
-        choose_acceleration(comps, requested, shape=SHAPE, cache_dir=tmp_path, allow_build=True, temporal=True)
-    assert choose_acceleration(comps, "compile", shape=SHAPE, cache_dir=tmp_path, allow_build=True,
-                               temporal=True).backend == "compile"
+    choice = choose_acceleration(comps, requested, shape=SHAPE, cache_dir=tmp_path, allow_build=True, temporal=2)
+    assert choice.backend == requested

@@ -39,8 +39,6 @@ def test_osc_addresses_and_normalized_faders():
     ({"temporal": {"max_frames": 2}, "params": {"temporal_frames": 3}}, "more than temporal.max_frames"),
     ({"temporal": {"max_frames": 5}}, "max_frames"),
     ({"temporal": {"max_frames": 2, "size": 3}}, "size"),
-    ({"temporal": {"max_frames": 2}, "pipeline": {"acceleration": "onnxruntime"}}, "onnxruntime"),
-    ({"temporal": {"max_frames": 2}, "pipeline": {"acceleration": "tensorrt"}}, "tensorrt"),
     ({"params": {"latent_feedback": 0.95}}, "latent_feedback"),
 ])
 def test_config_refuses_what_cannot_run(data, match):
@@ -51,8 +49,11 @@ def test_config_refuses_what_cannot_run(data, match):
 def test_config_accepts_a_bank_and_feedback_without_one():
     cfg = DaemonConfig.model_validate({"temporal": {"max_frames": 3}, "params": {"temporal_frames": 2}})
     # the compiled runner captures / compiles its U-Net calls with the bank in place
-    assert DaemonConfig.model_validate({"temporal": {"max_frames": 2},
-                                        "pipeline": {"acceleration": "compile"}}).pipeline.acceleration == "compile"
+    # every backend carries the bank: the compiled runner captures / compiles its U-Net calls with
+    # it in place, the engine backends run U-Net graphs that take it as inputs
+    for accel in ("compile", "onnxruntime", "tensorrt"):
+        assert DaemonConfig.model_validate({"temporal": {"max_frames": 2},
+                                            "pipeline": {"acceleration": accel}}).pipeline.acceleration == accel
     assert cfg.temporal.max_frames == 3 and cfg.params.temporal_frames == 2
     assert DaemonConfig.model_validate({"params": {"latent_feedback": 0.3}}).params.latent_feedback == 0.3
 

@@ -41,7 +41,6 @@ def test_render_with_bank_injection_and_feedback(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("extra,message", [
     (["--temporal-frames", "5"], "max_frames should be an integer in 0..4"),
     (["--temporal-injection", "0.5"], "needs --temporal-frames"),
-    (["--temporal-frames", "2", "--acceleration", "onnxruntime"], "use --acceleration auto, none or compile"),
     (["--latent-feedback", "0.95"], "latent_feedback should be a number in [0, 0.9]"),
 ])
 def test_render_refuses_bad_temporal_arguments(tmp_path, tiny_model_dir, caplog, extra, message):
