@@ -39,7 +39,7 @@ class SeedNoise:
         self._make = make
         self.device = torch.device(device)
         self.dtype = dtype
-        self.capacity = max(1, int(capacity))
+        self.capacity = max(2, int(capacity))  # a mix needs both of its seeds at once
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         # host side, on purpose: each seed's CPU draw (float32) and its norm; each pair's dot
         self._host: dict[int, tuple[torch.Tensor, float]] = {}

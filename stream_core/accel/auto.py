@@ -71,8 +71,10 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, options: Any) -> bool:
-    """Whether verified ``backend`` engines for every runner graph of this exact key are cached.
+def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, options: Any,
+                    temporal: int = 0) -> bool:
+    """Whether verified ``backend`` engines for every runner graph of this exact key are cached
+    (``temporal`` > 0: the U-Net graphs that carry a temporal bank of that built size).
 
     Returns False at once (no import of the runtime, no hashing) when the cache has no U-Net entry
     of that backend at all, so a machine with an empty cache pays nothing.
@@ -83,7 +85,7 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
     from stream_core.accel.export import text_shape
 
     folder = Path(cache_dir) / BACKEND_DIRS[backend]
-    if not any(folder.glob("unet-*.json")):
+    if not any(folder.glob("unet_tmp-*.json" if temporal else "unet-*.json")):
         return False
     try:
         target = _target(backend, components, options)
@@ -93,6 +95,16 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
     cache = EngineCache(cache_dir)
     identity = identify(components, cache.memo())
     text = text_shape(components)
+    if temporal:
+        from stream_core.accel.engines import _runner_specs, _spec_key
+
+        try:
+            specs = _runner_specs(components, shape, options, int(temporal))
+        except ValueError as exc:
+            log.debug("auto: no %s graphs with a temporal bank here: %s", backend, exc)
+            return False
+        return all(cache.lookup(_spec_key(identity, target, spec, shape, text, options.exporter)).entry is not None
+                   for spec in specs.values())
     for comp in RUNNER_COMPONENTS:
         key = engine_key(identity, target, comp, shape, text, options.exporter)
         if cache.lookup(key).entry is None:
@@ -110,7 +122,9 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
     comes back unchanged (its own errors come later, from ``build_runner``). ``temporal``: a
     temporal bank (``stream_core.temporal``) of that built size will be installed. Every backend
     carries it (eager, ``compile`` capturing/compiling the U-Net with it, ONNX Runtime and TensorRT
-    running U-Net graphs that take it as inputs); ``auto`` picks between eager and ``compile``.
+    running U-Net graphs that take it as inputs); ``auto`` takes inductor + CUDA graphs on CUDA
+    and, on the CPU, ONNX Runtime under the same conditions as without a bank (its graphs with the
+    bank cached, or allow_build), else eager.
     """
     from stream_core.accel.engines import ACCELERATIONS, AccelOptions
 
@@ -131,9 +145,6 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
             return AccelChoice(AUTO, "compile", "the temporal bank lives in the U-Net's attention: inductor + CUDA "
                                "graphs, captured with the bank in place (TensorRT carries it too, when asked for "
                                "explicitly)", "inductor", dev)
-        return AccelChoice(AUTO, "none", "the temporal bank lives in the U-Net's attention: the eager PyTorch U-Net "
-                           "(acceleration onnxruntime carries it too, when asked for explicitly; compiling takes "
-                           "minutes on a CPU)", None, dev)
     if dev == "cuda":
         if _installed("tensorrt") and _engines_cached(components, "tensorrt", shape, cache_dir, options):
             return AccelChoice(AUTO, "tensorrt", "verified TensorRT engines for this exact configuration are cached",
@@ -152,14 +163,16 @@ def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_di
     if components.dtype != torch.float32:
         return AccelChoice(AUTO, "none", f"eager on the CPU: onnxruntime runs float32 and the model is loaded as "
                            f"{str(components.dtype).removeprefix('torch.')}", None, dev)
-    if _engines_cached(components, "onnxruntime", shape, cache_dir, options):
-        return AccelChoice(AUTO, "onnxruntime", "exported ONNX graphs for this configuration are cached "
+    bank = f" (U-Net graph carrying the temporal bank of {int(temporal)})" if temporal else ""
+    flag = f" --temporal-frames {int(temporal)}" if temporal else ""
+    if _engines_cached(components, "onnxruntime", shape, cache_dir, options, temporal):
+        return AccelChoice(AUTO, "onnxruntime", f"exported ONNX graphs for this configuration are cached{bank} "
                            "(ONNX Runtime measured 1.8-3.4x faster than eager on the CPU)", None, dev)
     if allow_build:
-        return AccelChoice(AUTO, "onnxruntime", "allow_build is on: the ONNX graphs are exported now (seconds) and "
-                           "cached (ONNX Runtime measured 1.8-3.4x faster than eager on the CPU)", None, dev)
-    return AccelChoice(AUTO, "none", "eager on the CPU: no exported ONNX graphs cached for this configuration and "
-                       "allow_build is off (`streambridge engines build --backend onnxruntime` makes them; "
+        return AccelChoice(AUTO, "onnxruntime", f"allow_build is on: the ONNX graphs{bank} are exported now (seconds) "
+                           "and cached (ONNX Runtime measured 1.8-3.4x faster than eager on the CPU)", None, dev)
+    return AccelChoice(AUTO, "none", f"eager on the CPU: no exported ONNX graphs{bank} cached for this configuration "
+                       f"and allow_build is off (`streambridge engines build --backend onnxruntime{flag}` makes them; "
                        "measured 1.8-3.4x faster)", None, dev)
 
 

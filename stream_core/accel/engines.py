@@ -205,10 +205,10 @@ def _describe(key: EngineKey) -> str:
         parts.append(f"{key.width}x{key.height}")
     if key.component in ("unet", "unet_res", "controlnet", "unet_cn", *TEMPORAL_COMPONENTS):
         parts.append(f"batch {key.batch} (steps {key.steps}, frame buffer {key.frame_buffer}, cfg {key.cfg_type})")
-    if key.temporal_frames:
-        parts.append(f"temporal bank of {key.temporal_frames} frame(s)")
     elif key.component != "text":
         parts.append(f"frame buffer {key.frame_buffer}")
+    if key.temporal_frames:
+        parts.append(f"temporal bank of {key.temporal_frames} frame(s)")
     parts.append(key.precision)
     return ", ".join(parts)
 

@@ -79,6 +79,19 @@ def test_vae_key_ignores_unet_only_parts():
     assert engine_key(ident, tgt, "vae_dec", a, (77, 32), "dynamo") != engine_key(ident, tgt, "vae_dec", c, (77, 32), "dynamo")
 
 
+def test_engine_descriptions_name_each_shape_part_once():
+    from stream_core.accel.engines import EngineTarget, StreamShape, _describe, engine_key
+
+    ident = ModelIdentity("sha256:aa", "sha256:bb")
+    tgt = EngineTarget("onnxruntime", "ort-1", "cpu", "fp32", "cpu")
+    shape = StreamShape.for_stream(64, 64, 2, 1, "self")
+    unet = _describe(engine_key(ident, tgt, "unet", shape, (77, 32), "dynamo"))
+    assert unet == "unet, 64x64, batch 2 (steps 2, frame buffer 1, cfg self), fp32"
+    tmp = _describe(engine_key(ident, tgt, "unet_tmp", shape, (77, 32), "dynamo", temporal_frames=3))
+    assert tmp.count("frame buffer") == 1 and "temporal bank of 3 frame(s)" in tmp
+    assert _describe(engine_key(ident, tgt, "vae_dec", shape, (77, 32), "dynamo")) == "vae_dec, 64x64, frame buffer 1, fp32"
+
+
 def test_model_identity_follows_weight_content_and_is_memoised(tiny_model_dir, tmp_path, monkeypatch):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

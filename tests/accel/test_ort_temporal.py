@@ -370,7 +370,7 @@ def test_tensorrt_runner_side_carries_the_bank(ort_bank, tiny_components, embeds
         other.bind_input("attn_bias", torch.zeros(FRAMES + 1))
 
 
-def test_runner_for_builds_the_graph_for_the_configured_bank(ort_bank, tiny_components, embeds, accel_cache):
+def test_runner_for_builds_the_graph_for_the_configured_bank(ort_bank, tiny_components, embeds, accel_cache, tmp_path):
     from stream_core.accel.auto import runner_for
     from stream_core.accel.errors import AccelError
 
@@ -383,8 +383,13 @@ def test_runner_for_builds_the_graph_for_the_configured_bank(ort_bank, tiny_comp
     pipe(_clip(1)[0])
     with pytest.raises(AccelError, match="temporal=max_frames"):  # "a bank" is not a graph shape
         runner_for(tiny_components, "onnxruntime", temporal=True, **common)
-    # auto keeps its choice with a bank: eager on the CPU
-    assert runner_for(tiny_components, "auto", temporal=FRAMES, **common)[1].backend == "none"
+    # auto on the CPU with a bank: ONNX Runtime when the graphs carrying this bank size are cached...
+    runner, choice = runner_for(tiny_components, "auto", temporal=FRAMES, **common)
+    assert choice.backend == "onnxruntime" and "unet_tmp" in runner.graphs and "temporal bank of" in choice.reason
+    # ...not for another bank size, nor from an empty cache without allow_build: eager, with the build line
+    for frames, cache in ((FRAMES + 1, accel_cache), (FRAMES, tmp_path / "empty")):
+        choice = runner_for(tiny_components, "auto", temporal=frames, **{**common, "cache_dir": cache})[1]
+        assert choice.backend == "none" and f"--temporal-frames {frames}" in choice.reason
 
 
 def test_engines_build_command_builds_the_temporal_graph(ort_bank, tiny_model_dir, accel_cache, capsys):

@@ -121,3 +121,9 @@ def test_morph_blends_each_part_with_its_own_prepared_pair():
     assert m.noise_at(0.5) is None
     m.pos_to = q1
     assert torch.allclose(m.embeds_at(0.5)[0], slerp(p0, q1, 0.5), atol=2e-6)
+
+
+def test_seed_crossfader_works_with_the_smallest_cache():
+    noise = SeedNoise(lambda s: make_noise(s, 2, 4, 8, 8), torch.device("cpu"), torch.float32, capacity=1)
+    want = slerp(make_noise(1, 2, 4, 8, 8), make_noise(2, 2, 4, 8, 8), 0.5)
+    assert torch.allclose(noise.mix(1, 2, 0.5), want, atol=2e-6)
