@@ -23,9 +23,9 @@ class SeedNoise:
     ``make``), moved to ``device``/``dtype`` once at creation; the device copy is what is cached
     (the ``capacity`` most recently used seeds).
 
-    The seed crossfader's slerp is made from host numbers: each seed's norm is taken from its CPU
-    draw, and each pair's dot product from the two CPU draws (kept beside the device copies, the
-    ``capacity`` most recent pairs remembered), so a mix is ``alpha * a + beta * b`` on the device
+    The seed crossfader's slerp is made from host numbers: each pair's norms and dot product come
+    from the two CPU draws (kept beside the device copies; the ``capacity`` most recent pairs
+    remembered), so a mix is ``alpha * a + beta * b`` on the device
     (:func:`stream_core.blend.slerp_weights`): two element-wise ops, and no device value is ever
     read on the host."""
 
@@ -41,9 +41,9 @@ class SeedNoise:
         self.dtype = dtype
         self.capacity = max(2, int(capacity))  # a mix needs both of its seeds at once
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
-        # host side, on purpose: each seed's CPU draw (float32) and its norm; each pair's dot
-        self._host: dict[int, tuple[torch.Tensor, float]] = {}
-        self._dots: OrderedDict[tuple[int, int], float] = OrderedDict()
+        # host side, on purpose: each seed's CPU draw (float32, flat); each pair's norms and dot
+        self._host: dict[int, torch.Tensor] = {}
+        self._pairs: OrderedDict[tuple[int, int], tuple[float, float, float]] = OrderedDict()
         self.draws = 0  # how many times noise was drawn (a cache miss)
 
     def get(self, seed: int) -> torch.Tensor:
@@ -56,8 +56,7 @@ class SeedNoise:
                 old, _ = self._cache.popitem(last=False)
                 self._host.pop(old, None)
             self._cache[seed] = noise
-            host = cpu.detach().to("cpu", torch.float32).reshape(-1)
-            self._host[seed] = (host, float(torch.linalg.vector_norm(host)))
+            self._host[seed] = cpu.detach().to("cpu", torch.float32).reshape(-1)
         else:
             self._cache.move_to_end(seed)
         return noise
@@ -70,17 +69,17 @@ class SeedNoise:
         if mix >= 1.0:
             return self.get(seed_b)
         a, b = self.get(seed), self.get(seed_b)
-        (ha, na), (hb, nb) = self._host[seed], self._host[seed_b]
-        key = (seed, seed_b) if seed < seed_b else (seed_b, seed)
-        dot = self._dots.get(key)
-        if dot is None:
-            dot = float(torch.dot(ha, hb))
-            self._dots[key] = dot
-            while len(self._dots) > self.capacity:
-                self._dots.popitem(last=False)
+        key = (seed, seed_b)
+        pair = self._pairs.get(key)
+        if pair is None:
+            ha, hb = self._host[seed], self._host[seed_b]
+            aa, bb, ab = (float(torch.dot(x, y)) for x, y in ((ha, ha), (hb, hb), (ha, hb)))
+            pair = self._pairs[key] = (math.sqrt(aa), math.sqrt(bb), ab)
+            while len(self._pairs) > self.capacity:
+                self._pairs.popitem(last=False)
         else:
-            self._dots.move_to_end(key)
-        alpha, beta = slerp_weights(na, nb, dot, mix)
+            self._pairs.move_to_end(key)
+        alpha, beta = slerp_weights(*pair, mix)
         return torch.add(a * alpha, b, alpha=beta)
 
 

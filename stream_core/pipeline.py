@@ -44,6 +44,7 @@ CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
 
 # step lists whose gathered scalar rows are kept (a strength fader spans at most 50)
 SCALAR_ROWS_CACHE = 64
+_STEP_FLOATS = ("alpha", "beta", "c_skip", "c_out", "ratio")  # the order of their rows in _step_rows
 
 class RebuildRequired(ValueError):
     """A change that alters tensor shapes (steps, frame buffer, size, guidance mode, model)."""
@@ -124,9 +125,11 @@ def _check_seed(seed: Any) -> int:
     return seed
 
 
-def make_noise(seed: int, n: int, channels: int, h: int, w: int) -> torch.Tensor:
-    """The stream's noise contract: float32 from a CPU generator, shape (n, C, h, w)."""
-    gen = torch.Generator("cpu").manual_seed(int(seed))
+def make_noise(seed: int, n: int, channels: int, h: int, w: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The stream's noise contract: float32 from a CPU generator, shape (n, C, h, w). A
+    ``generator`` (CPU) is re-seeded and used instead of a new one (same numbers)."""
+    gen = (generator or torch.Generator("cpu")).manual_seed(int(seed))
     return torch.randn((n, channels, h, w), generator=gen, dtype=torch.float32)
 
 
@@ -211,7 +214,8 @@ class StreamPipeline:
         self._embeds = EmbedStore(self._as_embed)
         self.set_prompt_embeds(prompt_embeds, negative_prompt_embeds)
 
-        self._seeds = SeedNoise(lambda seed: make_noise(seed, self.n, c, h, w), dev, dt)
+        gen = torch.Generator("cpu")  # re-seeded for each new seed (only this thread draws)
+        self._seeds = SeedNoise(lambda seed: make_noise(seed, self.n, c, h, w, gen), dev, dt)
         self._morph: Morph | None = None
         self._prompt_pair: Slerp | None = None  # the prompt A/B crossfader's prepared slerp
         self.seed = _check_seed(settings.seed)
@@ -223,11 +227,11 @@ class StreamPipeline:
         self._scalar_table = self._make_scalar_table()
         # per step list: the gathered rows of every scalar (a strength fader revisits the same
         # few lists, so a move costs six copies, not six gathers); bounded, on the device
-        self._scalar_rows_cache: OrderedDict[tuple[int, ...], dict[str, torch.Tensor]] = OrderedDict()
+        self._scalar_rows_cache: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._t_rows = torch.zeros((rows,), device=dev, dtype=torch.long)
-        self._alpha, self._beta, self._c_skip, self._c_out, self._ratio = (
-            torch.zeros((rows, 1, 1, 1), device=dev, dtype=dt) for _ in range(5)
-        )
+        # the five float step scalars per row live in one buffer (a strength move is one copy)
+        self._step_rows = torch.zeros((len(_STEP_FLOATS), rows, 1, 1, 1), device=dev, dtype=dt)
+        self._alpha, self._beta, self._c_skip, self._c_out, self._ratio = self._step_rows.unbind(0)
         self.t_index_list: tuple[int, ...] = tuple(settings.t_index_list)
         self._set_scalars(self.t_index_list)
         self._init_temporal()
@@ -510,17 +514,17 @@ class StreamPipeline:
         key = tuple(int(k) for k in t_index_list)
         cached = self._scalar_rows_cache.get(key)
         if cached is None:
-            cached = {name: torch.stack([tab[name][k] for k in key]).repeat_interleave(f)
-                      for name in ("t", "alpha", "beta", "c_skip", "c_out", "ratio")}
+            floats = torch.stack([torch.stack([tab[name][k] for k in key]).repeat_interleave(f)
+                                  for name in _STEP_FLOATS])
+            cached = (torch.stack([tab["t"][k] for k in key]).repeat_interleave(f),
+                      floats.view(self._step_rows.shape))
             self._scalar_rows_cache[key] = cached
             while len(self._scalar_rows_cache) > SCALAR_ROWS_CACHE:
                 self._scalar_rows_cache.popitem(last=False)
         else:
             self._scalar_rows_cache.move_to_end(key)
-        self._t_rows.copy_(cached["t"])
-        for name, buf in (("alpha", self._alpha), ("beta", self._beta), ("c_skip", self._c_skip),
-                          ("c_out", self._c_out), ("ratio", self._ratio)):
-            buf.view(-1).copy_(cached[name])
+        self._t_rows.copy_(cached[0])
+        self._step_rows.copy_(cached[1])
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         expected = (self.f, 3, self.settings.height, self.settings.width)

@@ -79,7 +79,7 @@ def test_seed_crossfader_equals_the_slerp_of_the_two_seeds_noise(mix):
     noise = _seeds()
     want = slerp(make_noise(11, 2, 4, 8, 8), make_noise(77, 2, 4, 8, 8), mix)
     assert torch.allclose(noise.mix(11, 77, mix), want, atol=2e-6)
-    # the other order is the mirror image (the cached dot product is shared by both orders)
+    # the other order is the mirror image
     assert torch.allclose(noise.mix(77, 11, 1.0 - mix), want, atol=2e-6)
 
 
@@ -92,7 +92,7 @@ def test_seed_crossfader_draws_each_seed_once_and_forgets_old_ones():
         noise.mix(s, s + 1, 0.5)
     assert len(noise._cache) <= noise.capacity
     assert set(noise._host) == set(noise._cache)
-    assert len(noise._dots) <= noise.capacity
+    assert len(noise._pairs) <= noise.capacity
     # a dropped seed is drawn again, identically
     assert torch.equal(noise.get(1), make_noise(1, 2, 4, 8, 8))
 
