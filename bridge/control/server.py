@@ -336,6 +336,9 @@ class OscServer:
                         handled += len(datagrams)
                         if len(datagrams) < receiver.batch:
                             break  # the socket is empty
+                        # more are waiting (a flood): let the render loop have the GIL between
+                        # two batches instead of holding it for the whole slice
+                        time.sleep(0)
                 finally:
                     self._flush_params()
                     self._slice_params = None
