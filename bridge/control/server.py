@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.control.batchrecv import make_receiver
 from bridge.control.codec import MAX_PACKET_BYTES
 from bridge.control.surface import Batch, Command, ControlSurface, Rejected, SetParams
 
@@ -177,9 +176,6 @@ class OscServer:
         self._stopping = threading.Event()
         # parameter changes gathered during one receive slice (None outside a slice)
         self._slice_params: dict[str, Any] | None = None
-        #: how datagrams are read: "recvmmsg" (a burst per system call, Linux) or "recvfrom"
-        self.receive_kind = ""
-        self._receiver: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -205,10 +201,6 @@ class OscServer:
             ) from exc
         sock.setblocking(False)
         self._sock = sock
-        # up to _BUDGET_CHECK datagrams per system call (recvmmsg on Linux), holding the GIL
-        # through a burst instead of handing it to the render loop and back for every datagram
-        self._receiver = make_receiver(sock, MAX_PACKET_BYTES + 4, _BUDGET_CHECK)
-        self.receive_kind = self._receiver.kind
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stopping.clear()
@@ -298,8 +290,8 @@ class OscServer:
     def _run(self) -> None:
         sock, wake = self._sock, self._wake_r
         assert sock is not None and wake is not None
-        receiver = self._receiver
-        assert receiver is not None
+        buf = bytearray(MAX_PACKET_BYTES + 4)
+        view = memoryview(buf)
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ)
         sel.register(wake, selectors.EVENT_READ)
@@ -321,24 +313,20 @@ class OscServer:
                 # the inbox): one hand-over per slice instead of one per datagram
                 self._slice_params = {}
                 try:
-                    handled = 0
-                    while handled < _DRAIN_MAX and not self._stopping.is_set():
-                        if handled and time.monotonic() - start >= active:
+                    for i in range(_DRAIN_MAX):
+                        if self._stopping.is_set():
+                            break
+                        if i % _BUDGET_CHECK == _BUDGET_CHECK - 1 and time.monotonic() - start >= active:
                             self._count("throttled")
                             break
                         try:
-                            datagrams = receiver.receive()
-                        except OSError as exc:
-                            log.debug("receive failed: %s", exc)
+                            n, peer = sock.recvfrom_into(buf)
+                        except (BlockingIOError, InterruptedError):
                             break
-                        for data, peer in datagrams:
-                            self._handle(data, peer)
-                        handled += len(datagrams)
-                        if len(datagrams) < receiver.batch:
-                            break  # the socket is empty
-                        # more are waiting (a flood): let the render loop have the GIL between
-                        # two batches instead of holding it for the whole slice
-                        time.sleep(0)
+                        except OSError as exc:
+                            log.debug("recvfrom failed: %s", exc)
+                            break
+                        self._handle(bytes(view[:n]), peer)
                 finally:
                     self._flush_params()
                     self._slice_params = None
