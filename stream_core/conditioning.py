@@ -50,7 +50,7 @@ class SeedNoise:
         noise = self._cache.get(seed)
         if noise is None:
             cpu = self._make(seed)
-            noise = cpu.to(self.device, self.dtype)
+            noise = upload(cpu, self.device, self.dtype)
             self.draws += 1
             if len(self._cache) >= self.capacity:
                 old, _ = self._cache.popitem(last=False)
@@ -81,6 +81,16 @@ class SeedNoise:
             self._pairs.move_to_end(key)
         alpha, beta = slerp_weights(*pair, mix)
         return torch.add(a * alpha, b, alpha=beta)
+
+
+def upload(cpu: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor on ``device`` in ``dtype``. To a CUDA device through pinned memory with a
+    non-blocking copy, ordered on the current stream: a copy from ordinary (pageable) memory makes
+    the host wait until the GPU has finished everything queued before it, so a seed fader moving
+    every frame would stall the render thread and undo its one-frame lead on the GPU."""
+    if device.type == "cuda":
+        return cpu.pin_memory().to(device, dtype, non_blocking=True)
+    return cpu.to(device, dtype)
 
 
 def check_mix(name: str, mix: object) -> float:

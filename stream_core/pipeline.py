@@ -144,7 +144,7 @@ class StreamPipeline:
     the text batch, step scalars, guidance scalars, morph endpoints, blends) is made on
     ``runner.device`` in ``runner.dtype`` (guidance/smoothing scalars: 0-dim float32 on the device).
     Noise is drawn on a CPU generator (:func:`make_noise`) and moved once, when a seed is first
-    used. Embeddings handed in are checked and moved once per tensor object (:class:`EmbedStore`).
+    used (to CUDA through pinned memory, non-blocking: no host wait). Embeddings handed in are checked and moved once per tensor object (:class:`EmbedStore`).
 
     Hot path for graph capture: :meth:`denoise` takes the encoded latents ``z`` (``(f, C, h, w)``;
     ``None`` for txt2img) and returns the output latents (smoothed, before decoding). Once the

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stream_core.blend import Slerp, slerp, slerp_weights
-from stream_core.conditioning import Morph, SeedNoise
+from stream_core.conditioning import Morph, SeedNoise, upload
 from stream_core.pipeline import make_noise
 from tests.core.devguard import DeviceGuard
 
@@ -127,3 +127,22 @@ def test_seed_crossfader_works_with_the_smallest_cache():
     noise = SeedNoise(lambda s: make_noise(s, 2, 4, 8, 8), torch.device("cpu"), torch.float32, capacity=1)
     want = slerp(make_noise(1, 2, 4, 8, 8), make_noise(2, 2, 4, 8, 8), 0.5)
     assert torch.allclose(noise.mix(1, 2, 0.5), want, atol=2e-6)
+
+
+def test_new_seed_noise_reaches_cuda_through_pinned_memory_without_a_host_wait(monkeypatch):
+    """No CUDA here: a fake records what the upload asks of torch (pinning, a non-blocking copy)."""
+    calls = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin_memory") or self)
+
+    def fake_to(self, *args, **kwargs):
+        calls.append(("to", args, kwargs))
+        return real_to(self, "meta", args[1])
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    out = upload(torch.randn(2, 4), torch.device("cuda", 0), torch.float16)
+    assert calls == ["pin_memory", ("to", (torch.device("cuda", 0), torch.float16), {"non_blocking": True})]
+    assert (out.device.type, out.dtype) == ("meta", torch.float16)
+    calls.clear()
+    upload(torch.randn(2, 4), torch.device("meta"), torch.float16)  # other devices: a plain copy
+    assert calls == [("to", (torch.device("meta"), torch.float16), {})]
