@@ -77,13 +77,17 @@ def test_ahead_of_time_packages_cannot_carry_the_bank(tiny_components, enc):
 SHAPE = StreamShape(SIZE, SIZE, 3, 1, 3, "self")
 
 
-@pytest.mark.parametrize("device,want", [("cuda", ("compile", "inductor")), ("cpu", ("none", None)),
-                                         ("mps", ("none", None))])
-def test_auto_with_a_bank_picks_a_backend_that_carries_it(tmp_path, device, want):
-    comps = SimpleNamespace(device=torch.device(device), dtype=torch.float16)
-    choice = choose_acceleration(comps, "auto", shape=SHAPE, cache_dir=tmp_path, allow_build=True, temporal=True)
+@pytest.mark.parametrize("device,dtype,want,why", [
+    ("cuda", torch.float16, ("compile", "inductor"), "temporal bank"),
+    ("cpu", torch.float32, ("onnxruntime", None), "temporal bank of 2"),  # its graphs carry the bank
+    ("cpu", torch.float16, ("none", None), "runs float32"),  # as without a bank
+    ("mps", torch.float16, ("none", None), "Apple GPUs"),
+])
+def test_auto_with_a_bank_picks_a_backend_that_carries_it(tmp_path, device, dtype, want, why):
+    comps = SimpleNamespace(device=torch.device(device), dtype=dtype)
+    choice = choose_acceleration(comps, "auto", shape=SHAPE, cache_dir=tmp_path, allow_build=True, temporal=2)
     assert (choice.backend, choice.compile_mode) == want
-    assert "temporal bank" in choice.reason
+    assert why in choice.reason
 
 
 @pytest.mark.parametrize("requested", ["onnxruntime", "tensorrt", "compile"])
