@@ -87,9 +87,11 @@ def upload(cpu: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch
     """A CPU tensor on ``device`` in ``dtype``. To a CUDA device through pinned memory with a
     non-blocking copy, ordered on the current stream: a copy from ordinary (pageable) memory makes
     the host wait until the GPU has finished everything queued before it, so a seed fader moving
-    every frame would stall the render thread and undo its one-frame lead on the GPU."""
+    every frame would stall the render thread and undo its one-frame lead on the GPU. The dtype is
+    converted on the host first: a copy that also converts makes a pageable temporary, which would
+    bring the wait back."""
     if device.type == "cuda":
-        return cpu.pin_memory().to(device, dtype, non_blocking=True)
+        return cpu.to(dtype=dtype).pin_memory().to(device, non_blocking=True)
     return cpu.to(device, dtype)
 
 

@@ -130,18 +130,22 @@ def test_seed_crossfader_works_with_the_smallest_cache():
 
 
 def test_new_seed_noise_reaches_cuda_through_pinned_memory_without_a_host_wait(monkeypatch):
-    """No CUDA here: a fake records what the upload asks of torch (pinning, a non-blocking copy)."""
+    """No CUDA here: a fake records what the upload asks of torch: the dtype converted on the host,
+    then pinned, then one non-blocking copy of the same dtype (nothing pageable on the way)."""
     calls = []
     real_to = torch.Tensor.to
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin_memory") or self)
 
     def fake_to(self, *args, **kwargs):
         calls.append(("to", args, kwargs))
-        return real_to(self, "meta", args[1])
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            return real_to(self, "meta")  # stands in for the device copy
+        return real_to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", fake_to)
-    out = upload(torch.randn(2, 4), torch.device("cuda", 0), torch.float16)
-    assert calls == ["pin_memory", ("to", (torch.device("cuda", 0), torch.float16), {"non_blocking": True})]
+    cuda = torch.device("cuda", 0)
+    out = upload(torch.randn(2, 4), cuda, torch.float16)
+    assert calls == [("to", (), {"dtype": torch.float16}), "pin_memory", ("to", (cuda,), {"non_blocking": True})]
     assert (out.device.type, out.dtype) == ("meta", torch.float16)
     calls.clear()
     upload(torch.randn(2, 4), torch.device("meta"), torch.float16)  # other devices: a plain copy
