@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from stream_core.blend import Slerp
+from stream_core.blend import Slerp, slerp
 from stream_core.conditioning import EmbedStore, Morph, SeedNoise, check_mix
 from stream_core.runner import ModelRunner
 from stream_core.schedule import (
@@ -395,7 +395,7 @@ class StreamPipeline:
             mix = check_mix("prompt_mix", mix)
             pos_to = self._embeds.get(prompt, "prompt_embeds")
             if prompt_b is not None:
-                pos_to = Slerp(pos_to, self._embeds.get(prompt_b, "prompt_b embeddings")).at(mix)
+                pos_to = slerp(pos_to, self._embeds.get(prompt_b, "prompt_b embeddings"), mix)
             if negative is not None:
                 neg_to = self._embeds.get(negative, "negative_prompt_embeds")
         self._morph = Morph(self._noise, noise_to, self._pos, pos_to, self._neg, neg_to)

@@ -80,7 +80,7 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
     of that backend at all, so a machine with an empty cache pays nothing.
     """
     from stream_core.accel.cache import BACKEND_DIRS, EngineCache, identify
-    from stream_core.accel.engines import RUNNER_COMPONENTS, _target, control_keys, engine_key
+    from stream_core.accel.engines import _runner_specs, _spec_key, _target
     from stream_core.accel.errors import AccelError
     from stream_core.accel.export import text_shape
 
@@ -89,29 +89,15 @@ def _engines_cached(components: Any, backend: str, shape: Any, cache_dir: Path, 
         return False
     try:
         target = _target(backend, components, options)
+        specs = _runner_specs(components, shape, options, int(temporal))  # what build_runner loads
     except (AccelError, ValueError) as exc:
         log.debug("auto: %s engines unusable here: %s", backend, exc)
         return False
     cache = EngineCache(cache_dir)
     identity = identify(components, cache.memo())
     text = text_shape(components)
-    if temporal:
-        from stream_core.accel.engines import _runner_specs, _spec_key
-
-        try:
-            specs = _runner_specs(components, shape, options, int(temporal))
-        except ValueError as exc:
-            log.debug("auto: no %s graphs with a temporal bank here: %s", backend, exc)
-            return False
-        return all(cache.lookup(_spec_key(identity, target, spec, shape, text, options.exporter)).entry is not None
-                   for spec in specs.values())
-    for comp in RUNNER_COMPONENTS:
-        key = engine_key(identity, target, comp, shape, text, options.exporter)
-        if cache.lookup(key).entry is None:
-            return False
-    return all(cache.lookup(key).entry is not None
-               for key in control_keys(identity, target, shape, text, options.exporter,
-                                       fused=options.controlnet_graph == "unet"))
+    return all(cache.lookup(_spec_key(identity, target, spec, shape, text, options.exporter)).entry is not None
+               for spec in specs.values())
 
 
 def choose_acceleration(components: Any, requested: str, *, shape: Any, cache_dir: Path | str, allow_build: bool,
