@@ -279,6 +279,7 @@ class Daemon:
 
     def _build_osc(self) -> None:
         from bridge.control.feedback import FeedbackSender
+        from bridge.control.isolated import IsolatedOscServer
         from bridge.control.server import OscServer
         from bridge.control.surface import ControlSurface
 
@@ -299,9 +300,15 @@ class Daemon:
         def on_error(address: str, reason: str) -> None:
             self._fb_queue.put(("error", (address, reason)))
 
+        surface = ControlSurface(o.ranges, params=self.params)
         try:
-            self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.submit, on_error=on_error,
-                                 allow=o.allow, surface=ControlSurface(o.ranges, params=self.params))
+            if o.receiver == "process":
+                self.osc = IsolatedOscServer(
+                    host or "127.0.0.1", port, on_batch=self.submit, on_error=on_error, allow=o.allow,
+                    surface=surface, on_errors_dropped=lambda n: self._fb_queue.put(("errors_dropped", n)))
+            else:
+                self.osc = OscServer(host or "127.0.0.1", port, on_batch=self.submit, on_error=on_error,
+                                     allow=o.allow, surface=surface)
             self.osc.start()
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot listen for OSC on {o.listen}: {exc}") from None

@@ -319,7 +319,8 @@ class FeedbackQueue:
     are kept in order up to ``max_errors``; more are dropped and counted (the sender's token
     bucket would refuse them anyway). ``put((kind, payload))`` takes the same items a plain queue
     did: ``("params", {name: value})``, ``("status", {key: value})``, ``("error", (address,
-    reason))``. Thread-safe; ``put`` never blocks.
+    reason))``, and ``("errors_dropped", n)`` for rejections a producer counted without passing
+    them on (they are reported like the ones dropped here). Thread-safe; ``put`` never blocks.
     """
 
     def __init__(self, max_errors: int = 64) -> None:
@@ -347,6 +348,9 @@ class FeedbackQueue:
                     self.dropped_total += 1
                     return
                 self._errors.append((str(payload[0]), str(payload[1])))
+            elif kind == "errors_dropped":  # rejections a producer counted but did not pass on
+                self._dropped += int(payload)
+                self.dropped_total += int(payload)
             else:
                 first = kind not in self._unknown
                 self._unknown.add(kind)

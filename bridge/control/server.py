@@ -41,6 +41,10 @@ _BUDGET_CHECK = 16  # datagrams between two looks at the clock
 RECEIVE_PERIOD_S = 0.01  # the receive thread works at most once per period...
 DEFAULT_DUTY = 0.15  # ...for at most this share of it (wall clock), then leaves the GIL alone
 
+#: what :meth:`OscServer.stats` counts
+COUNTERS = ("received", "accepted", "rejected", "malformed", "ignored", "callback_errors", "internal_errors",
+            "throttled")
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -144,6 +148,7 @@ class OscServer:
         surface: ControlSurface | None = None,
         rcvbuf_bytes: int = DEFAULT_RCVBUF,
         duty: float = DEFAULT_DUTY,
+        on_slice_end: Callable[[], None] | None = None,
     ) -> None:
         if not 0.0 < duty <= 1.0:
             raise ValueError("duty must be in (0, 1]")
@@ -152,23 +157,12 @@ class OscServer:
         self.port = port
         self.on_batch = on_batch
         self.on_error = on_error
+        self.on_slice_end = on_slice_end
         self.allow_rules = [parse_allow(entry) for entry in (allow or [])]
         self.surface = surface if surface is not None else ControlSurface()
         self.rcvbuf_requested = rcvbuf_bytes
         self.rcvbuf_granted = 0
-        self._counts = dict.fromkeys(
-            (
-                "received",
-                "accepted",
-                "rejected",
-                "malformed",
-                "ignored",
-                "callback_errors",
-                "internal_errors",
-                "throttled",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(COUNTERS, 0)
         self._sock: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -225,10 +219,12 @@ class OscServer:
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the receive thread and close the socket; returns as soon as the thread exits.
+        """Stop the receive thread, handle what is still in the socket buffer, close the socket.
 
-        Called from inside a callback (on the receive thread) it only asks the loop to end; the
-        socket is closed by the next ``stop()`` from another thread (e.g. at shutdown)."""
+        Datagrams that reached the socket before the stop are handled (at most ``_DRAIN_MAX``,
+        on the calling thread, callbacks included) so a command sent just before a stop is not
+        lost. Called from inside a callback (on the receive thread) it only asks the loop to end;
+        the socket is closed by the next ``stop()`` from another thread (e.g. at shutdown)."""
         thread = self._thread
         if thread is None:
             return
@@ -243,6 +239,8 @@ class OscServer:
         thread.join(timeout)
         if thread.is_alive():
             log.error("OSC receive thread did not stop within %.1f s", timeout)
+        else:
+            self._drain_rest()
         for s in (self._sock, self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
@@ -274,10 +272,19 @@ class OscServer:
 
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped on this socket (Linux ``/proc/net/udp*``), else None."""
+        inode = self.socket_inode
+        return None if inode is None else kernel_drops_of(inode)
+
+    @property
+    def socket_inode(self) -> int | None:
+        """The socket's inode (what ``/proc/net/udp`` lists it by), None when not listening."""
         sock = self._sock
         if sock is None:
             return None
-        return _kernel_drops(sock)
+        try:
+            return os.fstat(sock.fileno()).st_ino
+        except OSError:
+            return None
 
     def _count(self, key: str) -> int:
         # only the receive thread writes the counters: no lock on the per-datagram path
@@ -330,6 +337,8 @@ class OscServer:
                 finally:
                     self._flush_params()
                     self._slice_params = None
+                    if self.on_slice_end is not None:
+                        self._call(self.on_slice_end)
                 rest = start + RECEIVE_PERIOD_S - time.monotonic()
                 if rest > 0:
                     self._stopping.wait(rest)
@@ -337,6 +346,27 @@ class OscServer:
             log.exception("OSC receive loop crashed")
         finally:
             sel.close()
+
+    def _drain_rest(self) -> None:
+        """After the thread has ended: handle what is still waiting in the socket buffer."""
+        sock = self._sock
+        if sock is None:
+            return
+        buf = bytearray(MAX_PACKET_BYTES + 4)
+        view = memoryview(buf)
+        self._slice_params = {}
+        try:
+            for _ in range(_DRAIN_MAX):
+                try:
+                    n, peer = sock.recvfrom_into(buf)
+                except OSError:  # BlockingIOError: nothing left
+                    break
+                self._handle(bytes(view[:n]), peer)
+        finally:
+            self._flush_params()
+            self._slice_params = None
+            if self.on_slice_end is not None:
+                self._call(self.on_slice_end)
 
     def _handle(self, data: bytes, peer: Any) -> None:
         try:
@@ -420,9 +450,10 @@ def _enlarge_rcvbuf(sock: socket.socket, requested: int) -> int:
     return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
-def _kernel_drops(sock: socket.socket) -> int | None:
+def kernel_drops_of(inode: int) -> int | None:
+    """Datagrams the kernel dropped on the UDP socket with this inode (Linux), else None."""
+    wanted = str(inode)
     try:
-        inode = str(os.fstat(sock.fileno()).st_ino)
         for path in ("/proc/net/udp", "/proc/net/udp6"):
             if not os.path.exists(path):
                 continue
@@ -430,7 +461,7 @@ def _kernel_drops(sock: socket.socket) -> int | None:
                 next(fh, None)
                 for line in fh:
                     parts = line.split()
-                    if len(parts) >= 13 and parts[9] == inode:
+                    if len(parts) >= 13 and parts[9] == wanted:
                         return int(parts[-1])
     except (OSError, ValueError):
         return None

@@ -13,6 +13,7 @@ import pytest
 from pythonosc.osc_message import OscMessage as PyOscMessage
 from pythonosc.udp_client import SimpleUDPClient
 
+from bridge.control.isolated import IsolatedOscServer
 from bridge.control.server import OscServer
 from bridge.control.surface import Command, ControlSurface
 
@@ -31,9 +32,25 @@ def handled(stats: dict[str, int]) -> int:
     return stats["accepted"] + stats["rejected"] + stats["malformed"] + stats["ignored"]
 
 
+#: the two receivers behind one interface: on a thread of this process, and in a child process
+SERVER_KINDS: dict[str, type[OscServer] | type[IsolatedOscServer]] = {
+    "thread": OscServer, "process": IsolatedOscServer,
+}
+
+
+@pytest.fixture(params=list(SERVER_KINDS))
+def server_cls(request: pytest.FixtureRequest) -> type[OscServer] | type[IsolatedOscServer]:
+    return SERVER_KINDS[request.param]
+
+
+@pytest.fixture(params=list(SERVER_KINDS))
+def server_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @dataclass
 class Harness:
-    server: OscServer
+    server: OscServer | IsolatedOscServer
     client: SimpleUDPClient
     raw: socket.socket  # for hand-made datagrams
     batches: queue.Queue[list[Command]] = field(default_factory=queue.Queue)
@@ -67,6 +84,7 @@ def make_harness(
     allow: list[str] | None = None,
     surface: ControlSurface | None = None,
     on_error: Callable[[str, str], None] | None = None,
+    kind: str = "thread",
 ) -> Harness:
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.bind(("127.0.0.1", 0))
@@ -77,7 +95,7 @@ def make_harness(
         if on_error is not None:
             on_error(address, reason)
 
-    h.server = OscServer("127.0.0.1", 0, h.batches.put, errors, allow, surface=surface)
+    h.server = SERVER_KINDS[kind]("127.0.0.1", 0, h.batches.put, errors, allow, surface=surface)
     h.server.start()
     h.client = SimpleUDPClient("127.0.0.1", h.server.port)
     return h
@@ -91,7 +109,16 @@ def close_harness(h: Harness) -> None:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
+    """The receiver on a thread (the per-address cases: the child process runs the same code)."""
     h = make_harness()
+    yield h
+    close_harness(h)
+
+
+@pytest.fixture(params=list(SERVER_KINDS))
+def any_harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """Each receiver in turn: on a thread, and in a child process."""
+    h = make_harness(kind=request.param)
     yield h
     close_harness(h)
 

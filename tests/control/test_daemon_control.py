@@ -6,7 +6,9 @@ saves never touch the disk on the render thread and never overwrite silently."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -198,3 +200,37 @@ def test_save_refuses_to_overwrite_a_shipped_preset_unless_asked(daemon, presets
     sock.sendto(encode_message("/sd/preset/save", "neon-city", 1), d.osc.address)
     assert wait_until(lambda: yaml.safe_load((presets / "neon-city.yaml").read_text()).get("guidance") == 2.25, 5)
     sock.close()
+
+
+def test_osc_is_received_in_a_child_process_by_default_and_survives_its_death(daemon):
+    from bridge.control.isolated import IsolatedOscServer
+
+    osc = daemon.osc
+    assert isinstance(osc, IsolatedOscServer)
+    first = osc.pid
+    assert first is not None
+    port = osc.address[1]
+    frames = daemon.frames_rendered
+    os.kill(first, signal.SIGKILL)  # the OOM killer, a user's kill: the show goes on
+    assert wait_until(lambda: osc.stats()["restarts"] == 1, 5)
+    assert osc.pid != first and osc.address[1] == port
+    assert daemon.frames_rendered > frames
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(encode_message("/sd/strength", 0.37), ("127.0.0.1", port))
+        assert wait_until(lambda: abs(daemon.controller.values["strength"] - 0.37) < 1e-6, 3)
+
+
+def test_receiver_thread_keeps_osc_in_the_daemons_process(tiny_model_dir, presets, fb):
+    from bridge.control.server import OscServer
+
+    d = Daemon(daemon_config(tiny_model_dir, presets, fb.port, **{"osc.receiver": "thread"}),
+               DaemonOptions(prewarm_timeout=30))
+    d.start()
+    try:
+        assert type(d.osc) is OscServer
+        assert "osc-receive" in {t.name for t in threading.enumerate()}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(encode_message("/sd/strength", 0.61), d.osc.address)
+            assert wait_until(lambda: abs(d.controller.values["strength"] - 0.61) < 1e-6, 5)
+    finally:
+        d.stop()

@@ -76,7 +76,7 @@ def test_trigger_release_is_accepted_and_does_nothing(harness: Harness, case: An
     assert harness.batches.empty() and harness.errors.empty()
 
 
-def test_touchdesigner_style_bundle_is_one_batch(harness: Harness) -> None:
+def test_touchdesigner_style_bundle_is_one_batch(any_harness: Harness) -> None:
     bundle = OscBundleBuilder(IMMEDIATELY)
     for address, value in [
         ("/sd/strength", 0.4),
@@ -89,25 +89,25 @@ def test_touchdesigner_style_bundle_is_one_batch(harness: Harness) -> None:
         b = OscMessageBuilder(address)
         b.add_arg(value)
         bundle.add_content(b.build())
-    harness.client.send(bundle.build())
-    batch = harness.batch()
+    any_harness.client.send(bundle.build())
+    batch = any_harness.batch()
     assert batch == [
         SetParams({"strength": 0.4, "guidance": 2.0, "prompt_mix": 0.5, "seed": 7}),
         StepPreset(1),
         SetParams({"mix": 0.25}),
     ]
     with pytest.raises(queue.Empty):
-        harness.batches.get(timeout=0.05)  # delivered as ONE batch
-    assert harness.server.stats()["accepted"] == 1
+        any_harness.batches.get(timeout=0.05)  # delivered as ONE batch
+    assert any_harness.server.stats()["accepted"] == 1
 
 
-def test_nested_bundles_flatten_into_one_batch(harness: Harness) -> None:
+def test_nested_bundles_flatten_into_one_batch(any_harness: Harness) -> None:
     inner = encode_bundle([encode_message("/sd/seed", 3), encode_message("/sd/mix", 0.5)])
-    harness.send_raw(encode_bundle([encode_message("/sd/strength", 0.1), inner]))
-    assert harness.batch() == [SetParams({"strength": 0.1, "seed": 3, "mix": 0.5})]
+    any_harness.send_raw(encode_bundle([encode_message("/sd/strength", 0.1), inner]))
+    assert any_harness.batch() == [SetParams({"strength": 0.1, "seed": 3, "mix": 0.5})]
 
 
-def test_bundle_with_one_bad_element_is_rejected_whole(harness: Harness) -> None:
+def test_bundle_with_one_bad_element_is_rejected_whole(any_harness: Harness) -> None:
     bundle = OscBundleBuilder(IMMEDIATELY)
     for address, value in [
         ("/sd/strength", 0.4),
@@ -118,12 +118,12 @@ def test_bundle_with_one_bad_element_is_rejected_whole(harness: Harness) -> None
         b = OscMessageBuilder(address)
         b.add_arg(value)
         bundle.add_content(b.build())
-    harness.client.send(bundle.build())
-    address, reason = harness.error()
+    any_harness.client.send(bundle.build())
+    address, reason = any_harness.error()
     assert address == "/sd/guidance" and "finite" in reason  # the first bad element
-    assert harness.errors.empty()  # one reply per rejected packet
-    assert harness.batches.empty()  # nothing applied, not even /sd/strength
-    assert harness.server.stats()["rejected"] == 1
+    assert any_harness.errors.empty()  # one reply per rejected packet
+    assert any_harness.batches.empty()  # nothing applied, not even /sd/strength
+    assert any_harness.server.stats()["rejected"] == 1
 
 
 def test_far_future_timetag_is_applied_immediately(harness: Harness) -> None:
@@ -140,11 +140,11 @@ def test_far_future_timetag_is_applied_immediately(harness: Harness) -> None:
     assert harness.batch(timeout=1.0) == [SetParams({"seed": 9})]
 
 
-def test_norm_mapping_with_custom_ranges() -> None:
+def test_norm_mapping_with_custom_ranges(server_kind: str) -> None:
     surface = ControlSurface(
         ranges={"guidance": (1.0, 3.0), "strength": (0.8, 0.2), "seed": (100, 200)}
     )
-    h = make_harness(surface=surface)
+    h = make_harness(surface=surface, kind=server_kind)
     try:
         for address, x, expected in [
             ("/sd/norm/guidance", 0.0, {"guidance": 1.0}),
@@ -181,13 +181,13 @@ def test_every_normalizable_parameter_maps_onto_its_default_control_range(harnes
 # -- allow-list ---------------------------------------------------------------------------------
 
 
-def test_allow_list_by_ip_port_and_cidr() -> None:
+def test_allow_list_by_ip_port_and_cidr(server_kind: str) -> None:
     stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stranger.bind(("127.0.0.1", 0))
     friend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     friend.bind(("127.0.0.1", 0))
     friend_port = friend.getsockname()[1]
-    h = make_harness(allow=[f"127.0.0.1:{friend_port}", "10.0.0.0/8"])
+    h = make_harness(allow=[f"127.0.0.1:{friend_port}", "10.0.0.0/8"], kind=server_kind)
     try:
         stranger.sendto(encode_message("/sd/seed", 1), h.addr)
         stranger.sendto(encode_message("/sd/nope"), h.addr)
@@ -201,7 +201,7 @@ def test_allow_list_by_ip_port_and_cidr() -> None:
         stranger.close()
         friend.close()
 
-    h = make_harness(allow=["127.0.0.0/8"])
+    h = make_harness(allow=["127.0.0.0/8"], kind=server_kind)
     try:
         h.send("/sd/seed", 5)
         assert h.batch() == [SetParams({"seed": 5})]
@@ -300,21 +300,21 @@ def _deep(depth: int) -> bytes:
     return data
 
 
-def test_server_survives_garbage_and_stays_responsive(harness: Harness) -> None:
+def test_server_survives_garbage_and_stays_responsive(any_harness: Harness) -> None:
     packets = [*GARBAGE, _deep(50), _deep(400)]
     for data in packets:
-        harness.send_raw(data)
-    stats = harness.settle(len(packets))
+        any_harness.send_raw(data)
+    stats = any_harness.settle(len(packets))
     assert stats["accepted"] == 0
     assert stats["malformed"] + stats["rejected"] == len(packets)
-    assert harness.server.running
+    assert any_harness.server.running
     t0 = time.monotonic()
-    harness.send("/sd/strength", 0.33)
-    assert harness.batch(timeout=1.0) == [SetParams({"strength": 0.33})]
+    any_harness.send("/sd/strength", 0.33)
+    assert any_harness.batch(timeout=1.0) == [SetParams({"strength": 0.33})]
     assert time.monotonic() - t0 < 1.0
 
 
-def test_callback_exceptions_do_not_kill_the_server() -> None:
+def test_callback_exceptions_do_not_kill_the_server(server_cls: Any) -> None:
     seen: list[Any] = []
 
     def explode(batch: list[Any]) -> None:
@@ -322,7 +322,7 @@ def test_callback_exceptions_do_not_kill_the_server() -> None:
         if len(seen) == 1:
             raise RuntimeError("render queue exploded")
 
-    server = OscServer("127.0.0.1", 0, explode, lambda a, r: 1 / 0)
+    server = server_cls("127.0.0.1", 0, explode, lambda a, r: 1 / 0)
     server.start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -379,8 +379,8 @@ def test_one_slice_of_values_is_one_hand_over_in_arrival_order() -> None:
         client.close()
 
 
-def test_stop_is_prompt_and_restart_works() -> None:
-    server = OscServer("127.0.0.1", 0, lambda b: None)
+def test_stop_is_prompt_and_restart_works(server_cls: Any) -> None:
+    server = server_cls("127.0.0.1", 0, lambda b: None)
     server.start()
     assert server.rcvbuf_granted > 0
     t0 = time.monotonic()
@@ -393,11 +393,11 @@ def test_stop_is_prompt_and_restart_works() -> None:
     server.stop()
 
 
-def test_port_in_use_is_a_clear_error() -> None:
+def test_port_in_use_is_a_clear_error(server_cls: Any) -> None:
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind(("127.0.0.1", 0))
     try:
-        server = OscServer("127.0.0.1", busy.getsockname()[1], lambda b: None)
+        server = server_cls("127.0.0.1", busy.getsockname()[1], lambda b: None)
         with pytest.raises(OSError, match="cannot listen for OSC on 127.0.0.1"):
             server.start()
         assert not server.running
@@ -405,9 +405,9 @@ def test_port_in_use_is_a_clear_error() -> None:
         busy.close()
 
 
-def test_start_twice_is_refused(harness: Harness) -> None:
+def test_start_twice_is_refused(any_harness: Harness) -> None:
     with pytest.raises(RuntimeError):
-        harness.server.start()
+        any_harness.server.start()
 
 
 def test_defaults_match_the_contract() -> None:
@@ -416,11 +416,11 @@ def test_defaults_match_the_contract() -> None:
     assert (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 9400)
 
 
-def test_flood_every_datagram_is_received_or_counted_as_a_kernel_drop() -> None:
+def test_flood_every_datagram_is_received_or_counted_as_a_kernel_drop(server_cls: Any) -> None:
     """Unpaced flood: the receiver keeps up as far as it can; what the kernel dropped is measured
     (Linux), so received + drops == sent, and the server still answers afterwards."""
     batches: list[Any] = []
-    server = OscServer("127.0.0.1", 0, batches.append)
+    server = server_cls("127.0.0.1", 0, batches.append)
     server.start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dest = ("127.0.0.1", server.port)
@@ -446,9 +446,9 @@ def test_flood_every_datagram_is_received_or_counted_as_a_kernel_drop() -> None:
         client.close()
 
 
-def test_stop_from_inside_a_callback_does_not_deadlock() -> None:
-    holder: list[OscServer] = []
-    server = OscServer("127.0.0.1", 0, lambda batch: holder[0].stop())
+def test_stop_from_inside_a_callback_does_not_deadlock(server_cls: Any) -> None:
+    holder: list[Any] = []
+    server = server_cls("127.0.0.1", 0, lambda batch: holder[0].stop())
     holder.append(server)
     server.start()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
