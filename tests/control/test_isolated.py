@@ -286,3 +286,18 @@ def test_bundles_cross_as_one_batch(server, rec, client) -> None:
     assert wait_until(lambda: len(rec.commands()) >= 2, 3.0)
     assert rec.batches[0][0] == SetParams({"strength": 0.4})
     assert MAX_ERRORS_PER_SLICE >= 1
+
+
+def test_receiver_config_defaults_to_process_and_names_a_bad_value(tmp_path) -> None:
+    from bridge.config import DaemonConfig, load_config
+    from bridge.yamlio import ConfigError
+
+    assert DaemonConfig().osc.receiver == "process"
+    bad = tmp_path / "show.yaml"
+    bad.write_text("osc:\n  listen: 127.0.0.1:9400\n  receiver: fork\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert f"{bad}:3: key 'osc.receiver'" in str(err.value) and "fork" in str(err.value)
+    good = tmp_path / "good.yaml"
+    good.write_text("osc:\n  receiver: thread\n")
+    assert load_config(good).osc.receiver == "thread"
