@@ -191,3 +191,24 @@ def test_gpu_check_flood_step_command_lines(tmp_path):
     # not asked for: no flood step
     _, calls = _gpu_check(tmp_path / "none", GPU_CHECK_STEPS="doctor", GPU_CHECK_DEVICE="cpu", GPU_CHECK_QUICK="1")
     assert calls == []
+
+
+def test_config_of_the_run_per_architecture_and_device(flood, tmp_path):
+    from bridge.config import DaemonConfig
+
+    parse = flood.build_parser().parse_args
+    tiny = flood.config_data(parse([]), "some/model", tmp_path)  # the defaults: the CPU run as before
+    assert tiny["model"] == {"model": "some/model", "device": "cpu", "dtype": "float32"}
+    assert tiny["pipeline"] == {"size": [64, 64], "steps": [32, 45], "cfg": "self"}
+    assert tiny["source"]["fps"] == 90.0 and "receiver" not in tiny["osc"]
+    gpu = flood.config_data(parse(["--device", "cuda", "--arch", "sd-turbo", "--acceleration", "compile"]),
+                            "random:sd-turbo", tmp_path)
+    cfg = DaemonConfig.model_validate(gpu)  # what the daemon gets on the GPU machine is a valid config
+    assert cfg.model.device == "cuda" and cfg.model.dtype == "float16" and cfg.model.lcm_lora == "none"
+    assert list(cfg.pipeline.size) == [512, 512] and cfg.pipeline.acceleration == "compile"
+    assert cfg.source.fps == 240.0 and cfg.source.width == 512
+    own = flood.config_data(parse(["--device", "cuda:0", "--arch", "sd15", "--size", "256", "--dtype", "bfloat16",
+                                   "--source-fps", "120", "--receiver", "process"]), "random:sd15", tmp_path)
+    assert own["model"]["dtype"] == "bfloat16" and own["pipeline"]["size"] == [256, 256]
+    assert own["source"]["fps"] == 120.0 and own["osc"]["receiver"] == "process"
+    assert "acceleration" not in own["pipeline"]  # not given: the config's default
