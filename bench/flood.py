@@ -397,6 +397,10 @@ def main() -> int:
                 float(burst_hz))
         return 0
 
+    if args.cpus and not set(args.cpus) <= os.sched_getaffinity(0):
+        ap_error = (f"--cpus {','.join(map(str, args.cpus))}: this process may only run on CPUs "
+                    f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
+        build_parser().error(ap_error)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -239,3 +239,11 @@ def test_config_of_the_run_per_architecture_and_device(flood, tmp_path):
     assert own["model"]["dtype"] == "bfloat16" and own["pipeline"]["size"] == [256, 256]
     assert own["source"]["fps"] == 120.0 and own["osc"]["receiver"] == "process"
     assert "acceleration" not in own["pipeline"]  # not given: the config's default
+
+
+@linux_only
+def test_cpus_this_process_may_not_use_are_refused_before_anything_is_built():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "flood.py"), "--cpus", "4095"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "--cpus 4095: this process may only run on CPUs" in proc.stderr
