@@ -444,12 +444,14 @@ def main() -> int:
     daemon = Daemon(cfg, DaemonOptions(prewarm_timeout=30 if tiny else 120, components=components))
     daemon.start()
     deadline = time.monotonic() + args.startup_timeout
-    while daemon.frames_rendered == 0 and time.monotonic() < deadline:
+    while daemon.frames_rendered == 0 and daemon.render_errors == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     startup_s = time.perf_counter() - t_start
     if daemon.frames_rendered == 0:
+        errors = daemon.render_errors
         daemon.stop()
-        logging.error("no frame processed within %.0f s of start-up", args.startup_timeout)
+        logging.error("no frame processed within %.0f s of start-up (%d render errors, logged above)",
+                      time.perf_counter() - t_start, errors)
         return 2
     osc = daemon.osc
     port = osc.address[1]
@@ -685,7 +687,8 @@ def main() -> int:
                     "acceleration_configured": cfg.pipeline.acceleration,
                     "acceleration": ({k: str(v) for k, v in accel.items()} if isinstance(accel, dict) else None),
                     "receiver": args.receiver, "receiver_pid": receiver_pid,
-                    "model_build_s": round(build_s, 2), "startup_s": round(startup_s, 2)},
+                    "model_build_s": round(build_s, 2), "startup_s": round(startup_s, 2),
+                    "frames_rendered": daemon.frames_rendered, "render_errors": daemon.render_errors},
             "phases": {"quiet_1": base1.as_dict(), "steady": steady.as_dict(), "quiet_2": base2.as_dict(),
                        "flood": flood.as_dict(), "quiet_3": base3.as_dict()},
             "baselines": {"steady": round(b_steady, 3), "flood": round(b_flood, 3)},

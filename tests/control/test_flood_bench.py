@@ -58,6 +58,7 @@ def test_report_has_every_figure_with_sane_values(report):
     assert report["run"]["size"] == 64 and report["run"]["dtype"] == "float32"
     assert report["args"]["source_fps"] == 90.0 and report["args"]["receiver"] is None
     assert report["host"]["torch_threads"] == 1  # kept on the CPU device
+    assert report["run"]["frames_rendered"] > 0 and report["run"]["render_errors"] == 0
     for name, phase in report["phases"].items():
         assert phase["fps"] > 0, name
         assert set(phase["cpu_s_per_s"]) == {"osc-receive", "render", "feedback"}  # no receiver process today
