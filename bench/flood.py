@@ -30,15 +30,28 @@ point). Phases, each measured as processed frames per second over the phase:
 
 Ratios are measured within one run (baseline = mean of the quiet phases around each load), so
 host noise between runs does not enter them. Also printed: CPU seconds per second used by the
-OSC receive, render and feedback threads during each phase (from ``/proc/self/task``, Linux),
-datagrams received, dropped by the kernel, coalesced and refused.
+OSC receive, render and feedback threads during each phase (from ``/proc/self/task``, Linux; a
+thread that does not exist is reported as n/a), and by the OSC receiver's own process when it
+runs in one (``daemon.osc.pid``, from ``/proc/<pid>/stat``), datagrams received, dropped by the
+kernel, coalesced and refused.
 
-Usage: .venv/bin/python bench/flood.py [--seconds 5] [--strict]
+The same measurement on a GPU machine: ``--device cuda --arch sd-turbo`` (or ``sd15``) builds
+that architecture with random weights on the GPU (speed does not depend on the weight values;
+nothing is downloaded), at 512x512 in float16 with a 240 fps source by default, and
+``--cpus 0,1`` pins this process (every thread of it), the OSC receiver's process if it has one,
+and the flooder processes to those CPUs once the daemon is up (start-up, e.g. ``torch.compile``,
+runs on all of them), so the run sees a small show PC's 2 cores, flooder included. ``--json``
+writes every printed figure to a file.
+
+Usage: .venv/bin/python bench/flood.py [--seconds 5] [--strict] [--json out.json]
+       .venv/bin/python bench/flood.py --device cuda --arch sd-turbo --acceleration compile --cpus 0,1 \
+           --seconds 4 --quiet 3 --rounds 8 --json flood.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -49,7 +62,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,35 +188,50 @@ def flooder(host: str, port: int, rate: float, seconds: float, kind: str, pulse:
 
 # ------------------------------------------------------------------------------ measuring
 
-def _thread_cpu(native_id: int | None) -> float | None:
-    """CPU seconds (user + system) a thread of this process has used, from /proc (Linux)."""
-    if native_id is None:
-        return None
+def _stat_cpu(path: str) -> float | None:
+    """CPU seconds (user + system) from a /proc ``stat`` file (Linux); None where unreadable."""
     try:
-        with open(f"/proc/self/task/{native_id}/stat", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
 
+def _thread_cpu(native_id: int | None) -> float | None:
+    """CPU seconds (user + system) a thread of this process has used, from /proc (Linux)."""
+    if native_id is None:
+        return None
+    return _stat_cpu(f"/proc/self/task/{native_id}/stat")
+
+
+def _process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used, all its threads together (Linux)."""
+    if pid is None:
+        return None
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
 class Phase:
-    def __init__(self, daemon, threads: dict[str, threading.Thread]) -> None:
+    """Frames rendered and CPU used over a phase. ``probes``: name -> a function giving CPU
+    seconds used so far (None where it cannot be read: the figure is then n/a)."""
+
+    def __init__(self, daemon, probes: dict[str, Callable[[], float | None]]) -> None:
         self.daemon = daemon
-        self.threads = threads
+        self.probes = probes
 
     def __enter__(self) -> Phase:
         self.t0 = time.perf_counter()
         self.f0 = self.daemon.frames_rendered
-        self.cpu0 = {k: _thread_cpu(t.native_id) for k, t in self.threads.items()}
+        self.cpu0 = {k: probe() for k, probe in self.probes.items()}
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.t0
         self.fps = (self.daemon.frames_rendered - self.f0) / self.seconds
-        self.cpu = {}
-        for k, t in self.threads.items():
-            a, b = self.cpu0[k], _thread_cpu(t.native_id)
+        self.cpu: dict[str, float | None] = {}
+        for k, probe in self.probes.items():
+            a, b = self.cpu0[k], probe()
             self.cpu[k] = None if a is None or b is None else (b - a) / self.seconds
 
     def cpu_text(self) -> str:
@@ -214,6 +244,66 @@ class Phase:
         cpu = self.cpu.get("render")
         return None if cpu is None or self.fps <= 0 else 1000 * cpu / self.fps
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 3), "fps": round(self.fps, 3),
+                "cpu_s_per_s": {k: None if v is None else round(v, 4) for k, v in self.cpu.items()},
+                "render_ms_per_frame": None if self.render_ms is None else round(self.render_ms, 3)}
+
+
+def parse_cpus(text: str) -> list[int]:
+    """``0,1`` or ``0-3,6`` -> a sorted list of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--cpus should be a list like 0,1 or 0-3 but has {part!r}") from None
+        if a < 0 or b < a:
+            raise argparse.ArgumentTypeError(f"--cpus: {part!r} is not a CPU number or range")
+        cpus.update(range(a, b + 1))
+    if not cpus:
+        raise argparse.ArgumentTypeError("--cpus is empty; give a list like 0,1")
+    return sorted(cpus)
+
+
+def thread_affinities(pid: int = 0) -> list[list[int]]:
+    """The distinct CPU sets the threads of process ``pid`` (0: this one) may run on."""
+    seen: set[tuple[int, ...]] = set()
+    try:
+        tids = [int(t.name) for t in Path(f"/proc/{pid or os.getpid()}/task").iterdir()]
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            seen.add(tuple(sorted(os.sched_getaffinity(tid))))
+        except OSError:
+            pass
+    return [list(c) for c in sorted(seen)]
+
+
+def pin_process(pid: int, cpus: list[int]) -> list[str]:
+    """Pin every thread of process ``pid`` (0: this one) to ``cpus``; threads created later
+    inherit it. Returns the problems (a thread that ended meanwhile is none)."""
+    problems = []
+    tasks_dir = Path(f"/proc/{pid or os.getpid()}/task")
+    try:
+        tids = [int(t.name) for t in tasks_dir.iterdir()]
+    except OSError as exc:
+        return [f"cannot list the threads of process {pid or os.getpid()}: {exc}"]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            pass
+        except OSError as exc:
+            problems.append(f"thread {tid}: {exc}")
+    return problems
+
 
 def _inbox_stats(daemon) -> dict[str, int]:
     inbox = getattr(daemon.controller, "inbox", None)  # absent before the bounded control path
@@ -221,17 +311,52 @@ def _inbox_stats(daemon) -> dict[str, int]:
 
 
 def run_flooder(port: int, rate: float, seconds: float, kind: str, pulse: float = 0.0,
-                decoy_port: int = 0) -> subprocess.Popen:
+                decoy_port: int = 0, cpus: list[int] | None = None) -> subprocess.Popen:
     p = subprocess.Popen(
         [sys.executable, __file__, "--flooder", kind, str(port), str(rate), str(seconds), str(pulse), str(decoy_port),
          str(STEADY_BURST_HZ if kind == "steady" else 1000.0)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
+    if cpus:  # inherited from this process already; set again so it holds whatever started it
+        os.sched_setaffinity(p.pid, cpus)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     return p
 
 
-def main() -> int:
+def run_defaults(args: argparse.Namespace) -> tuple[int, str, float]:
+    """Image side, dtype and source rate of the run: what was given, else the defaults of its
+    architecture and device."""
+    tiny = args.arch == "tiny"
+    size = args.size or (64 if tiny else 512)
+    dtype = args.dtype or ("float32" if args.device.split(":")[0] == "cpu" else "float16")
+    source_fps = args.source_fps or (90.0 if tiny else 240.0)
+    return size, dtype, source_fps
+
+
+def config_data(args: argparse.Namespace, model: str, presets: Path) -> dict[str, Any]:
+    """The daemon config of the run, as ``streambridge run`` would read it from a file."""
+    size, dtype, source_fps = run_defaults(args)
+    model_spec: dict[str, Any] = {"model": model, "device": args.device, "dtype": dtype}
+    if args.arch != "tiny":
+        model_spec["lcm_lora"] = "none"  # random weights: nothing to fuse
+    pipeline: dict[str, Any] = {"size": [size, size], "steps": [32, 45], "cfg": "self"}
+    if args.acceleration:
+        pipeline["acceleration"] = args.acceleration
+    osc: dict[str, Any] = {"listen": "127.0.0.1:0", "feedback": ["127.0.0.1:9"], "status_rate": 2}
+    if args.receiver:
+        osc["receiver"] = args.receiver
+    return {
+        "model": model_spec,
+        "pipeline": pipeline,
+        "source": {"type": "pattern", "width": size, "height": size, "fps": source_fps},
+        "sinks": [{"type": "null"}],
+        "output": {"fps": 30},
+        "osc": osc,
+        "presets": {"folder": str(presets)},
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each load phase")
     ap.add_argument("--quiet", type=float, default=4.0, help="length of each baseline phase")
@@ -240,48 +365,127 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     ap.add_argument("--pulse", type=float, default=0.5, help="slice length of the paired on/off rounds")
     ap.add_argument("--rounds", type=int, default=10, help="paired on/off rounds per load")
+    ap.add_argument("--device", default="cpu", help="torch device of the pipeline (cpu, cuda, cuda:1, ...)")
+    ap.add_argument("--arch", choices=("tiny", "sd-turbo", "sd15"), default="tiny",
+                    help="tiny: the generated tiny model; sd-turbo / sd15: that architecture with random weights")
+    ap.add_argument("--size", type=int, default=None, help="image side in px (default 64 for tiny, 512 otherwise)")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                    help="default float32 on the CPU, float16 on CUDA")
+    ap.add_argument("--acceleration", default=None,
+                    help="pipeline.acceleration (none, compile, ...); default: the config's default")
+    ap.add_argument("--source-fps", type=float, default=None,
+                    help="pattern source rate, above the render loop's (default 90 for tiny, 240 otherwise)")
+    ap.add_argument("--receiver", choices=("thread", "process"), default=None,
+                    help="osc.receiver of the daemon config (not set when not given)")
+    ap.add_argument("--cpus", type=parse_cpus, default=None,
+                    help="pin this process, the OSC receiver's process and the flooders to these CPUs, e.g. 0,1 "
+                         "(once the daemon is up)")
+    ap.add_argument("--startup-timeout", type=float, default=600.0,
+                    help="seconds to wait for the first processed frame after start-up")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of rendering before the first phase")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every figure as JSON here")
     ap.add_argument("--flooder", nargs=7, metavar=("KIND", "PORT", "RATE", "SECONDS", "PULSE", "DECOY", "BURST_HZ"),
                     help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if args.flooder:
         kind, port, rate, seconds, pulse, decoy_port, burst_hz = args.flooder
         flooder("127.0.0.1", int(port), float(rate), float(seconds), kind, float(pulse), int(decoy_port),
                 float(burst_hz))
         return 0
 
+    if args.cpus and not set(args.cpus) <= os.sched_getaffinity(0):
+        ap_error = (f"--cpus {','.join(map(str, args.cpus))}: this process may only run on CPUs "
+                    f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
+        build_parser().error(ap_error)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
+    from pydantic import ValidationError
 
     from bridge.config import DaemonConfig
     from bridge.control.surface import SetParams
     from bridge.daemon import Daemon, DaemonOptions
-    from stream_core.tiny import make_tiny_model
 
-    torch.set_num_threads(1)  # one core for the render loop, one for everything else
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logging.error("--device %s, but torch sees no CUDA GPU (torch %s, built for CUDA %s)", args.device,
+                      torch.__version__, torch.version.cuda)
+        return 2
+    tiny = args.arch == "tiny"
+    size, dtype, source_fps = run_defaults(args)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # one core for the render loop, one for everything else
     tmp = Path(tempfile.mkdtemp(prefix="flood-bench-"))
-    model = make_tiny_model(tmp / "model")
+    components = None
+    t_build = time.perf_counter()
+    if tiny:
+        from stream_core.tiny import make_tiny_model
+
+        model = str(make_tiny_model(tmp / "model"))
+    else:
+        model = f"random:{args.arch}"  # the components are built below, once the config is valid
     (tmp / "presets").mkdir()
-    cfg = DaemonConfig.model_validate({
-        "model": {"model": str(model), "device": "cpu", "dtype": "float32"},
-        "pipeline": {"size": [64, 64], "steps": [32, 45], "cfg": "self"},
-        "source": {"type": "pattern", "width": 64, "height": 64, "fps": 90},
-        "sinks": [{"type": "null"}],
-        "output": {"fps": 30},
-        "osc": {"listen": "127.0.0.1:0", "feedback": ["127.0.0.1:9"], "status_rate": 2},
-        "presets": {"folder": str(tmp / "presets")},
-    })
-    daemon = Daemon(cfg, DaemonOptions(prewarm_timeout=30))
+    try:
+        cfg = DaemonConfig.model_validate(config_data(args, model, tmp / "presets"))
+    except ValidationError as exc:
+        logging.error("the daemon config of this run is not valid (options %s): %s", " ".join(sys.argv[1:]), exc)
+        return 2
+    if not tiny:
+        from stream_core.archs import build_random_components
+
+        components = build_random_components(args.arch, device, getattr(torch, dtype), tmp / "tok")
+    build_s = time.perf_counter() - t_build
+    t_start = time.perf_counter()
+    daemon = Daemon(cfg, DaemonOptions(prewarm_timeout=30 if tiny else 120, components=components))
     daemon.start()
+    deadline = time.monotonic() + args.startup_timeout
+    while daemon.frames_rendered == 0 and daemon.render_errors == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    startup_s = time.perf_counter() - t_start
+    if daemon.frames_rendered == 0:
+        errors = daemon.render_errors
+        daemon.stop()
+        logging.error("no frame processed within %.0f s of start-up (%d render errors, logged above)",
+                      time.perf_counter() - t_start, errors)
+        return 2
     osc = daemon.osc
     port = osc.address[1]
+    receiver_pid = getattr(osc, "pid", None)  # the OSC receiver's own process, where it has one
+    pinned: dict[str, Any] = {}
+    if args.cpus:
+        problems = pin_process(0, args.cpus)
+        if receiver_pid is not None:
+            problems += pin_process(receiver_pid, args.cpus)
+        if problems:
+            daemon.stop()
+            logging.error("--cpus %s: cannot pin: %s", ",".join(map(str, args.cpus)), "; ".join(problems))
+            return 2
+        pinned["receiver_process"] = sorted(os.sched_getaffinity(receiver_pid)) if receiver_pid is not None else None
     by_name = {t.name: t for t in threading.enumerate()}
-    threads = {"osc-receive": by_name["osc-receive"], "render": by_name["render"], "feedback": by_name["feedback"]}
+    probes: dict[str, Callable[[], float | None]] = {}
+    for name in ("osc-receive", "render", "feedback"):
+        native_id = by_name[name].native_id if name in by_name else None  # n/a where the thread is absent
+        probes[name] = lambda native_id=native_id: _thread_cpu(native_id)
+    if receiver_pid is not None:
+        probes["osc-process"] = lambda: _process_cpu(receiver_pid)
+    flooder_affinity: list[list[int]] = []
+
+    def start_flooder(*a: Any, **kw: Any) -> subprocess.Popen:
+        p = run_flooder(*a, cpus=args.cpus, **kw)
+        try:
+            flooder_affinity.append(sorted(os.sched_getaffinity(p.pid)))
+        except OSError:
+            pass
+        return p
 
     # record the last valid strength that reached the inbox (the value that must win)
     last_accepted: list[float] = []
-    real_submit = osc.on_batch
+    real_submit = getattr(osc, "on_batch", None)  # where the receiver hands over in this process
 
     def recording_submit(batch):
         for cmd in batch:
@@ -289,7 +493,8 @@ def main() -> int:
                 last_accepted.append(cmd.values["strength"])
         return real_submit(batch)
 
-    osc.on_batch = recording_submit
+    if real_submit is not None:
+        osc.on_batch = recording_submit
     ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def reset() -> None:
@@ -314,8 +519,8 @@ def main() -> int:
             time.sleep(0.02)
 
     def load_phase(kind: str, rate: float) -> tuple[Phase, int]:
-        p = run_flooder(port, rate, args.seconds, kind)
-        with Phase(daemon, threads) as ph:
+        p = start_flooder(port, rate, args.seconds, kind)
+        with Phase(daemon, probes) as ph:
             p.stdin.write("go\n")
             p.stdin.flush()
             out = p.stdout.readline()
@@ -333,7 +538,7 @@ def main() -> int:
         messages costs the daemon, without the sender's own CPU use (which the plain rounds
         include: on 2 cores the sender takes most of the second core)."""
         n = 2 * args.rounds
-        p = run_flooder(port, rate, n * args.pulse, kind, args.pulse, decoy_port)
+        p = start_flooder(port, rate, n * args.pulse, kind, args.pulse, decoy_port)
         t0 = time.monotonic() + 0.3
         p.stdin.write(f"go {t0!r}\n")
         p.stdin.flush()
@@ -354,13 +559,12 @@ def main() -> int:
         return on / max(off, 1)
 
     def quiet_phase() -> Phase:
-        with Phase(daemon, threads) as ph:
+        with Phase(daemon, probes) as ph:
             time.sleep(args.quiet)
         return ph
 
     load0 = os.getloadavg()[0]
-    time.sleep(3.0)  # warm up
-    results: list[tuple[str, bool, str]] = []
+    time.sleep(args.warmup)  # warm up
     reset()
     base1 = quiet_phase()
     s0 = osc.stats()
@@ -376,7 +580,11 @@ def main() -> int:
     settle()
     s2 = osc.stats()
     drops1 = osc.kernel_drops() or 0
+    f_settled = daemon.frames_rendered
     time.sleep(0.2)  # a few ticks
+    wait_until = time.monotonic() + 30.0  # and at least two frames, however slow they are
+    while daemon.frames_rendered < f_settled + 2 and time.monotonic() < wait_until:
+        time.sleep(0.01)
     applied = daemon.controller.values["strength"]
     winner = last_accepted[-1] if last_accepted else None
     inbox1 = _inbox_stats(daemon)
@@ -394,30 +602,52 @@ def main() -> int:
     reset()
     pulsed_flood = paired("flood", args.flood_rate)
     burn_only = paired("burn", 0.0)
+    affinity_threads = thread_affinities()  # while the daemon's threads run
     daemon.stop()
     decoy.close()
 
+    load1 = os.getloadavg()[0]
     b_steady = (base1.fps + base2.fps) / 2
     b_flood = (base2.fps + base3.fps) / 2
-    r_steady = steady.fps / b_steady
-    r_flood = flood.fps / b_flood
+    # None where the quiet phases rendered nothing (a frame slower than a phase): no ratio, goal missed
+    r_steady = steady.fps / b_steady if b_steady > 0 else None
+    r_flood = flood.fps / b_flood if b_flood > 0 else None
+    t_steady = f"{r_steady:.2f}" if r_steady is not None else "n/a"
+    t_flood = f"{r_flood:.2f}" if r_flood is not None else "n/a"
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    model_text = (f"tiny model {size}x{size}" if tiny else f"{args.arch} (random weights) {size}x{size} {dtype}"
+                  + (f" on {gpu}" if gpu else f" on {args.device}"))
+    accel = getattr(daemon.engine, "acceleration_info", None)
+    accel_text = (f", acceleration {accel.get('backend')}" if isinstance(accel, dict)
+                  else f", acceleration {cfg.pipeline.acceleration}") if args.acceleration or not tiny else ""
+    pin_text = f", pinned to CPUs {','.join(map(str, args.cpus))} (flooders included)" if args.cpus else ""
+    threads_text = f"torch threads {torch.get_num_threads()}"
     print(f"host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, torch {torch.__version__}, "
-          f"tiny model 64x64, 2 steps, pattern source at 90 fps, torch threads 1; load average at "
-          f"start {load0:.1f}, end {os.getloadavg()[0]:.1f} (other processes skew the ratios)")
+          f"{model_text}, 2 steps{accel_text}, pattern source at {source_fps:g} fps, {threads_text}{pin_text}; "
+          f"load average at start {load0:.1f}, end {load1:.1f} (other processes skew the ratios)")
+    if not tiny or args.cpus:
+        print(f"model build {build_s:.1f} s, start-up to the first processed frame {startup_s:.1f} s")
     print(f"baseline processed fps: {base1.fps:.1f} / {base2.fps:.1f} / {base3.fps:.1f}  "
           f"(thread CPU s/s: {base2.cpu_text()})")
+    steady_received = s1["received"] - s0["received"]
+    flood_received = s2["received"] - s1["received"]
     print(f"steady {args.steady_rate:.0f} msg/s over 20 addresses: sent {steady_sent}, received "
-          f"{s1['received'] - s0['received']}, processed fps {steady.fps:.1f} = {r_steady:.2f} x baseline "
+          f"{steady_received}, processed fps {steady.fps:.1f} = {t_steady} x baseline "
           f"(goal >= 0.90)  (thread CPU s/s: {steady.cpu_text()})")
     print(f"flood {args.flood_rate:.0f} pkt/s, half invalid: sent {flood_sent}, received "
-          f"{s2['received'] - s1['received']}, kernel drops {drops1 - drops0}, processed fps {flood.fps:.1f} = "
-          f"{r_flood:.2f} x baseline (goal >= 0.80)  (thread CPU s/s: {flood.cpu_text()})")
+          f"{flood_received}, kernel drops {drops1 - drops0}, processed fps {flood.fps:.1f} = "
+          f"{t_flood} x baseline (goal >= 0.80)  (thread CPU s/s: {flood.cpu_text()})")
+    inbox_flood: dict[str, int] = {}
     if inbox1:
-        print(f"  inbox during the flood: {inbox1['params'] - inbox0['params']} values received, "
-              f"{inbox1['coalesced'] - inbox0['coalesced']} coalesced away before a tick; receiver "
-              f"slices cut short by its duty limit {s2.get('throttled', 0) - s1.get('throttled', 0)} times")
+        inbox_flood = {"values": inbox1["params"] - inbox0["params"],
+                       "coalesced": inbox1["coalesced"] - inbox0["coalesced"],
+                       "throttled": s2.get("throttled", 0) - s1.get("throttled", 0)}
+        print(f"  inbox during the flood: {inbox_flood['values']} values received, "
+              f"{inbox_flood['coalesced']} coalesced away before a tick; receiver "
+              f"slices cut short by its duty limit {inbox_flood['throttled']} times")
+    last_ok = winner is not None and abs(applied - winner) < 1e-6
     print(f"last valid value that arrived: {winner}, applied: {applied} -> "
-          f"{'ok' if winner is not None and abs(applied - winner) < 1e-6 else 'MISMATCH'}")
+          f"{'ok' if last_ok else 'MISMATCH'}")
     print(f"change sent after the flood applied in {after_ms:.1f} ms (goal < 100)")
     print(f"paired rounds ({args.rounds} x {args.pulse:.1f} s on / {args.pulse:.1f} s off, interleaved): "
           f"steady {pulsed_steady:.2f} x, flood {pulsed_flood:.2f} x the frame rate of the off slices")
@@ -430,16 +660,55 @@ def main() -> int:
         print("render-thread CPU per processed frame, ms: quiet {:.1f}, steady {:.1f}, quiet {:.1f}, flood {:.1f}, "
               "quiet {:.1f} (includes applying the changed parameters each frame)".format(*ms))
     results = [
-        ("steady", r_steady >= 0.90),
-        ("flood", r_flood >= 0.80),
+        ("steady", r_steady is not None and r_steady >= 0.90),
+        ("flood", r_flood is not None and r_flood >= 0.80),
         ("steady (paired)", pulsed_steady >= 0.90),
         ("steady (daemon's share)", share_steady >= 0.90),
         ("flood (paired)", pulsed_flood >= 0.80),
-        ("last value wins", winner is not None and abs(applied - winner) < 1e-6),
+        ("last value wins", last_ok),
         ("after flood", after_ms < 100),
     ]
     missed = [name for name, ok in results if not ok]
     print("goals: " + ("all met" if not missed else "MISSED " + ", ".join(missed)))
+    if args.json:
+        report = {
+            "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
+                     "cuda": torch.version.cuda, "gpu": gpu, "torch_threads": torch.get_num_threads(),
+                     "load_average_start": round(load0, 2), "load_average_end": round(load1, 2),
+                     "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                     "affinity_threads": affinity_threads,
+                     "affinity_receiver_process": pinned.get("receiver_process"),
+                     "affinity_flooders": flooder_affinity,
+                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            "args": {k: v for k, v in vars(args).items() if k != "flooder"} | {
+                "json": str(args.json), "size": size, "dtype": dtype, "source_fps": source_fps},
+            "run": {"arch": args.arch, "device": args.device, "size": size, "dtype": dtype,
+                    "steps": list(cfg.pipeline.steps), "cfg": cfg.pipeline.cfg,
+                    "acceleration_configured": cfg.pipeline.acceleration,
+                    "acceleration": ({k: str(v) for k, v in accel.items()} if isinstance(accel, dict) else None),
+                    "receiver": args.receiver, "receiver_pid": receiver_pid,
+                    "model_build_s": round(build_s, 2), "startup_s": round(startup_s, 2),
+                    "frames_rendered": daemon.frames_rendered, "render_errors": daemon.render_errors},
+            "phases": {"quiet_1": base1.as_dict(), "steady": steady.as_dict(), "quiet_2": base2.as_dict(),
+                       "flood": flood.as_dict(), "quiet_3": base3.as_dict()},
+            "baselines": {"steady": round(b_steady, 3), "flood": round(b_flood, 3)},
+            "steady": {"rate": args.steady_rate, "sent": steady_sent, "received": steady_received,
+                       "fps": round(steady.fps, 3), "ratio": None if r_steady is None else round(r_steady, 4), "goal": 0.90},
+            "flood": {"rate": args.flood_rate, "sent": flood_sent, "received": flood_received,
+                      "kernel_drops": drops1 - drops0, "fps": round(flood.fps, 3), "ratio": None if r_flood is None else round(r_flood, 4),
+                      "goal": 0.80, "inbox": inbox_flood or None},
+            "last_value_wins": {"last_valid_sent": winner, "applied": applied, "ok": last_ok,
+                                "measured": real_submit is not None},
+            "after_flood": {"applied_ms": round(after_ms, 2), "goal_ms": 100, "ok": after_ms < 100},
+            "paired": {"rounds": args.rounds, "pulse_s": args.pulse, "steady": round(pulsed_steady, 4),
+                       "flood": round(pulsed_flood, 4), "steady_daemon_share": round(share_steady, 4),
+                       "control_burn": round(burn_only, 4)},
+            "goals": {name: ok for name, ok in results},
+            "missed": missed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"JSON: {args.json}")
     return 1 if args.strict and missed else 0
 
 

@@ -18,15 +18,20 @@
 # (default sd-turbo), GPU_CHECK_SECONDS (default 20), GPU_CHECK_ACCEL (default: the daemon's),
 # GPU_CHECK_VARIANTS (bench variants), GPU_CHECK_BENCH_ARGS (more bench arguments),
 # GPU_CHECK_TESTS (pytest targets instead of the CUDA tests), GPU_CHECK_PYTEST_ARGS (more pytest
-# arguments, e.g. -k), GPU_CHECK_STEPS (which of tests, doctor, controlnet, temporal, bench to run;
-# default tests doctor bench), GPU_CHECK_TESTS_S (the CUDA tests' limit, default 220),
+# arguments, e.g. -k), GPU_CHECK_STEPS (which of tests, doctor, controlnet, temporal, bench, flood to
+# run; default tests doctor bench), GPU_CHECK_TESTS_S (the CUDA tests' limit, default 220),
 # GPU_CHECK_CN_S / GPU_CHECK_TEMPORAL_S (budgets of the ControlNet and temporal benchmarks, run after
 # the bench, default 120 / 90), GPU_CHECK_TEMPORAL_SCENARIOS / GPU_CHECK_TEMPORAL_VARIANTS (subsets,
 # e.g. "sd15-lcm-4step" and "off;graphs: off;graphs: cache 2"), GPU_CHECK_BENCH_S (at most this for the bench), GPU_CHECK_TOTAL_S
-# (default 460: the bench gets what is left, so that the whole ends within 8 minutes).
+# (default 460: the bench gets what is left, so that the whole ends within 8 minutes),
+# GPU_CHECK_FLOOD_S (the flood step's budget, default 150), GPU_CHECK_FLOOD_ARGS (more bench/flood.py
+# arguments), GPU_CHECK_FLOOD_RECEIVERS (e.g. "thread process": the flood step once per OSC
+# receiver, logs and JSON named flood-VALUE.log / flood-VALUE.json).
 #
 #   6. controlnet  bench/gpu.py --controlnet: SD1.5 + one ControlNet, 1 and 4 steps (when asked for)
 #   7. temporal    bench/gpu.py --temporal: cached attention / injection / feedback on SD1.5 (when asked for)
+#   8. flood       bench/flood.py: what OSC traffic costs the render loop, sd-turbo with torch.compile,
+#                  the bench and its flooders pinned to CPUs 0,1 like a small show PC (when asked for)
 set -u
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -142,6 +147,10 @@ LEFT=$(( LEFT - 25 ))
 # the ControlNet and temporal benchmarks (after it) keep their budgets
 if wanted controlnet; then LEFT=$(( LEFT - ${GPU_CHECK_CN_S:-120} - 10 )); fi
 if wanted temporal; then LEFT=$(( LEFT - ${GPU_CHECK_TEMPORAL_S:-90} - 10 )); fi
+if wanted flood; then
+  FLOOD_RUNS=$(wc -w <<<"${GPU_CHECK_FLOOD_RECEIVERS:-x}")
+  LEFT=$(( LEFT - FLOOD_RUNS * (${GPU_CHECK_FLOOD_S:-150} + 10) ))
+fi
 if [ -n "${GPU_CHECK_BENCH_S:-}" ] && [ "$GPU_CHECK_BENCH_S" -lt "$LEFT" ]; then LEFT=$GPU_CHECK_BENCH_S; fi
 if [ "$QUICK" = "1" ]; then
   BUDGET=$(( LEFT > 150 ? 150 : LEFT ))
@@ -176,6 +185,26 @@ if wanted temporal; then
   if [ -n "${GPU_CHECK_TEMPORAL_VARIANTS:-}" ]; then TP_ARGS+=(--temporal-variants "$GPU_CHECK_TEMPORAL_VARIANTS"); fi
   step temporal $(( TP_S + 30 )) "$PY" bench/gpu.py "${FEATURE_ARGS[@]}" --temporal --budget-s "$TP_S" \
     --out "$OUT/gpu_bench_temporal.json" "${TP_ARGS[@]}"
+fi
+
+# 8. the OSC load bench (its phases are fixed; the budget is its timeout)
+if wanted flood; then
+  FL_S="${GPU_CHECK_FLOOD_S:-150}"
+  if [ "$QUICK" = "1" ]; then
+    FL_ARGS=(--device "$DEVICE" --arch tiny --seconds 1 --quiet 1 --rounds 2 --warmup 1)
+  else
+    FL_ARGS=(--device "$DEVICE" --arch sd-turbo --acceleration compile --cpus 0,1 --seconds 4 --quiet 3 --rounds 6)
+  fi
+  if [ -n "${GPU_CHECK_FLOOD_RECEIVERS:-}" ]; then
+    for RECEIVER in $GPU_CHECK_FLOOD_RECEIVERS; do
+      # shellcheck disable=SC2086  # extra arguments, split on spaces
+      step "flood-$RECEIVER" "$FL_S" "$PY" bench/flood.py "${FL_ARGS[@]}" --receiver "$RECEIVER" \
+        --json "$OUT/flood-$RECEIVER.json" ${GPU_CHECK_FLOOD_ARGS:-}
+    done
+  else
+    # shellcheck disable=SC2086  # extra arguments, split on spaces
+    step flood "$FL_S" "$PY" bench/flood.py "${FL_ARGS[@]}" --json "$OUT/flood.json" ${GPU_CHECK_FLOOD_ARGS:-}
+  fi
 fi
 
 echo "=== gpu-check: $(( $(date +%s) - START )) s; logs and JSON in $OUT"
