@@ -8,11 +8,13 @@ process as the source) and repeats one chaos cycle until the time is up:
 * an OSC flood (``--flood-pps`` packets/s, half of them garbage) from another child process;
 * the NDI sender vanishes (its process is killed) and comes back;
 * one of the two sinks fails (its ``send`` raises) for a few seconds;
-* the render loop stalls (the U-Net call blocks) for ``--stall`` seconds.
+* the render loop stalls (the U-Net call blocks) for ``--stall`` seconds;
+* the OSC receiver process is killed (SIGKILL, as the out-of-memory killer would): the daemon
+  must start another on the same port, and OSC must keep working.
 
 The other sink is the probe: it records the time of every frame the publisher hands it, so the
 script sees what a projector would see. Every second it samples the output's longest gap, output
-and processed fps, the process's RSS and thread count, the source and render states; at the end it
+and processed fps, the RSS of the process and of its OSC receiver process, the thread count, the source and render states; at the end it
 prints a table, the events, every WARNING/ERROR line logged (deduplicated, with counts) and checks:
 
 * longest output gap <= ``--max-gap-ms`` (default 3 output intervals + 50 ms);
@@ -41,6 +43,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import sys
@@ -246,12 +249,21 @@ class ErrorLines(logging.Handler):
             self.counts[line] += 1
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def rss_mb(also: int | None = None) -> float:
+    """This process's resident memory, plus process ``also``'s (the OSC receiver's) when given."""
+    total = 0.0
+    for pid in ("self", also):
+        if pid is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024.0
+        except OSError:
+            if pid == "self":
+                return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return total
 
 
 def os_threads() -> int:
@@ -268,6 +280,7 @@ class Plan:
     source_gone: tuple[float, float] = (0.30, 0.40)
     sink_fail: tuple[float, float] = (0.50, 0.58)
     stall_at: float = 0.70
+    receiver_killed: float = 0.85  # the OSC receiver process is killed (as by the OOM killer)
 
     def at(self, frac: float) -> float:
         return frac * self.cycle
@@ -381,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.1)
     probe.take_max_gap()
     start_threads = os_threads()
-    start_rss = rss_mb()
+    start_rss = rss_mb(getattr(d.osc, "pid", None))
     samples: list[Sample] = []
     events: list[tuple[float, str]] = []
     t0 = time.monotonic()
@@ -428,13 +441,18 @@ def run(args: argparse.Namespace) -> int:
                 cycle_done["stall"] = k
                 runner.stall_until = time.monotonic() + args.stall
                 event(f"render stalls {args.stall:.1f} s")
+            receiver_pid = getattr(d.osc, "pid", None)
+            if phase >= plan.at(plan.receiver_killed) and cycle_done["receiver"] < k and receiver_pid:
+                cycle_done["receiver"] = k
+                os.kill(receiver_pid, signal.SIGKILL)
+                event("OSC receiver process killed")
             if now - last_sample >= 1.0:
                 st = d.status()
                 rendered = d.frames_rendered
                 samples.append(Sample(
                     t=round(rel, 1), out_fps=float(st.get("fps", 0.0)),
                     processed_fps=round((rendered - last_rendered) / (now - last_sample), 2),
-                    max_gap_ms=round(1000 * probe.take_max_gap(), 1), rss_mb=round(rss_mb(), 1),
+                    max_gap_ms=round(1000 * probe.take_max_gap(), 1), rss_mb=round(rss_mb(receiver_pid), 1),
                     threads=os_threads(), source=str(st.get("source", "?")), render=str(st.get("render", "-")),
                     phase=plan.label(phase, args.stall), events=list(pending_events)))
                 pending_events.clear()
@@ -447,8 +465,9 @@ def run(args: argparse.Namespace) -> int:
         player.join(2)
         time.sleep(0.5)
         applied_ms = control_latency(d)
+        receiver_restarts = d.osc.stats().get("restarts")
         end_threads = os_threads()
-        end_rss = rss_mb()
+        end_rss = rss_mb(getattr(d.osc, "pid", None))
     finally:
         for p in children + ([sender] if sender is not None else []):
             if p.is_alive():
@@ -457,7 +476,8 @@ def run(args: argparse.Namespace) -> int:
         d.stop()
         shutil.rmtree(work, ignore_errors=True)
         logging.getLogger().removeHandler(errors)
-    return report(args, samples, events, errors, start_threads, end_threads, start_rss, end_rss, applied_ms)
+    return report(args, samples, events, errors, start_threads, end_threads, start_rss, end_rss, applied_ms,
+                  receiver_restarts)
 
 
 def control_latency(d: Any) -> float | None:
@@ -477,7 +497,7 @@ def control_latency(d: Any) -> float | None:
 
 def report(args: argparse.Namespace, samples: list[Sample], events: list[tuple[float, str]], errors: ErrorLines,
            start_threads: int, end_threads: int, start_rss: float, end_rss: float,
-           applied_ms: float | None) -> int:
+           applied_ms: float | None, receiver_restarts: int | None = None) -> int:
     out_interval_ms = 1000.0 / args.fps
     max_gap_limit = args.max_gap_ms if args.max_gap_ms is not None else 3 * out_interval_ms + 50
     print(f"# bench/soak.py  {time.strftime('%Y-%m-%d %H:%M')}  {len(samples)} s  source {args.source}  "
@@ -524,6 +544,10 @@ def report(args: argparse.Namespace, samples: list[Sample], events: list[tuple[f
         "threads": end_threads <= start_threads + 4,
         "control after the run": applied_ms is not None and applied_ms <= 100.0,
     }
+    kills = sum(1 for _, text in events if text == "OSC receiver process killed")
+    if kills:
+        print(f"OSC receiver process: killed {kills} times, started again {receiver_restarts} times")
+        checks["OSC receiver restarted after every kill"] = receiver_restarts == kills
     if by_phase.get("flood") and calm > 0:
         checks["processed fps under flood"] = statistics.median(by_phase["flood"]) >= args.min_flood_ratio * calm
     for name, ok in checks.items():
@@ -533,7 +557,7 @@ def report(args: argparse.Namespace, samples: list[Sample], events: list[tuple[f
             "args": vars(args), "samples": [s.__dict__ for s in samples], "events": events,
             "errors": dict(errors.counts), "tracebacks": errors.tracebacks, "start_threads": start_threads,
             "end_threads": end_threads, "start_rss_mb": start_rss, "end_rss_mb": end_rss,
-            "longest_gap_ms": longest, "processed_fps_by_phase": {k: statistics.median(v) for k, v in by_phase.items()}, "rss_growth_mb": rss_growth, "control_ms": applied_ms, "checks": checks,
+            "longest_gap_ms": longest, "processed_fps_by_phase": {k: statistics.median(v) for k, v in by_phase.items()}, "rss_growth_mb": rss_growth, "control_ms": applied_ms, "receiver_restarts": receiver_restarts, "checks": checks,
         }, indent=1))
     return 0 if all(checks.values()) else 1
 

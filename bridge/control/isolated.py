@@ -43,6 +43,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,6 +68,7 @@ START_TIMEOUT_S = 10.0
 #: to the render loop first and the kernel drops what the child has no time for
 CHILD_NICE = 10
 _RESTART_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # between restarts of a child that keeps dying
+STABLE_S = 10.0  # a child that ran this long before it died starts the pauses over
 _MAX_FRAME = 64 << 20
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the bridge package
 _CHILD_CODE = (
@@ -238,11 +240,15 @@ class IsolatedOscServer:
             proc = self._proc
             if proc is None or proc.stdout is None:
                 return
+            began = time.monotonic()
             self._pump(proc.stdout)
             if self._stopping.is_set():
                 _end(proc)
                 return
-            # the child died during the show: start another on the same port
+            # the child died during the show: start another on the same port (at once, unless
+            # it keeps dying: then with growing pauses)
+            if time.monotonic() - began >= STABLE_S:
+                restarts_in_a_row = 0
             rc = _end(proc)
             delay = _RESTART_DELAYS_S[min(restarts_in_a_row, len(_RESTART_DELAYS_S) - 1)]
             log.warning("OSC receiver process %d ended (exit code %s); starting another on %s:%d in %.1f s",
@@ -261,7 +267,7 @@ class IsolatedOscServer:
                     self._proc = new
                 self._counts["restarts"] += 1
                 restarts_in_a_row += 1
-                log.warning("OSC receiver process %d listening on %s:%d again", new.pid, self.host, self.port)
+                log.info("OSC receiver process %d listening on %s:%d again", new.pid, self.host, self.port)
                 break
             else:
                 return

@@ -301,3 +301,27 @@ def test_receiver_config_defaults_to_process_and_names_a_bad_value(tmp_path) -> 
     good = tmp_path / "good.yaml"
     good.write_text("osc:\n  receiver: thread\n")
     assert load_config(good).osc.receiver == "thread"
+
+
+def test_pauses_between_restarts_grow_only_while_the_child_keeps_dying(rec, client, caplog, monkeypatch) -> None:
+    import bridge.control.isolated as iso
+
+    monkeypatch.setattr(iso, "STABLE_S", 0.3)
+    s = IsolatedOscServer("127.0.0.1", 0, rec.on_batch)
+    s.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="bridge.control.server"):
+            for n in (1, 2):  # a child that ran longer than STABLE_S: the next restart is immediate
+                time.sleep(0.4)
+                pid = s.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                assert wait_until(lambda n=n: s.stats()["restarts"] == n, 5.0)
+            pid = s.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # dies again at once: a longer pause
+            assert wait_until(lambda: s.stats()["restarts"] == 3, 5.0)
+        pauses = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "starting another" in r.getMessage()]
+        assert pauses == ["0.1 s", "0.1 s", "0.5 s"], pauses
+    finally:
+        s.stop()
