@@ -44,7 +44,7 @@ def report(tmp_path_factory) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "flood.py"), "--seconds", "0.6", "--quiet", "0.5", "--rounds", "1",
-         "--pulse", "0.25", "--warmup", "0.3", "--cpus", "0", "--json", str(out)],
+         "--pulse", "0.25", "--warmup", "0.3", "--cpus", "0", "--receiver", "process", "--json", str(out)],
         capture_output=True, text=True, timeout=180, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -56,13 +56,14 @@ def report(tmp_path_factory) -> dict:
 def test_report_has_every_figure_with_sane_values(report):
     assert report["run"]["arch"] == "tiny" and report["run"]["device"] == "cpu"
     assert report["run"]["size"] == 64 and report["run"]["dtype"] == "float32"
-    assert report["args"]["source_fps"] == 90.0 and report["args"]["receiver"] is None
+    assert report["args"]["source_fps"] == 90.0 and report["args"]["receiver"] == "process"
     assert report["host"]["torch_threads"] == 1  # kept on the CPU device
     assert report["run"]["frames_rendered"] > 0 and report["run"]["render_errors"] == 0
     for name, phase in report["phases"].items():
         assert phase["fps"] > 0, name
-        assert set(phase["cpu_s_per_s"]) == {"osc-receive", "render", "feedback"}  # no receiver process today
-        assert phase["cpu_s_per_s"]["render"] is not None and phase["cpu_s_per_s"]["render"] > 0
+        cpu = phase["cpu_s_per_s"]
+        assert set(cpu) == {"osc-receive", "render", "feedback", "osc-process"}  # the receiver's own process
+        assert cpu["render"] is not None and cpu["render"] > 0 and cpu["osc-process"] is not None
     assert report["baselines"]["steady"] > 0 and report["baselines"]["flood"] > 0
     for load in ("steady", "flood"):
         r = report[load]
@@ -80,38 +81,12 @@ def test_report_has_every_figure_with_sane_values(report):
     assert report["missed"] == [name for name, ok in report["goals"].items() if not ok]
 
 
-# the OSC receiver in a process of its own, played by the bench's own process: its CPU use must
-# be reported per phase, and --cpus must pin it
-RECEIVER_PROCESS_STAND_IN = (
-    "import os, runpy, sys; import bridge.control.server as s; "
-    "s.OscServer.pid = property(lambda self: os.getpid()); "
-    "sys.argv = [sys.argv[1]] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
-@linux_only
-def test_a_receiver_process_is_measured_and_pinned(tmp_path):
-    out = tmp_path / "flood.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", RECEIVER_PROCESS_STAND_IN, str(ROOT / "bench" / "flood.py"), "--seconds", "0.3",
-         "--quiet", "0.3", "--rounds", "1", "--pulse", "0.2", "--warmup", "0.2", "--cpus", "0", "--json", str(out)],
-        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "osc-process " in proc.stdout
-    report = json.loads(out.read_text())
-    assert report["run"]["receiver_pid"] > 0 and report["host"]["affinity_receiver_process"] == [0]
-    for name, phase in report["phases"].items():
-        cpu = phase["cpu_s_per_s"]
-        assert cpu["osc-process"] is not None and cpu["osc-process"] >= cpu["render"] > 0, name
-
-
 @linux_only
 def test_cpus_pins_the_bench_and_every_flooder(report):
     host = report["host"]
     assert host["affinity"] == [0]
     assert host["affinity_threads"] == [[0]]  # every thread of the daemon, render loop included
+    assert report["run"]["receiver_pid"] > 0 and host["affinity_receiver_process"] == [0]
     assert len(host["affinity_flooders"]) == 6 and all(a == [0] for a in host["affinity_flooders"])
     assert report["args"]["cpus"] == [0]
 
