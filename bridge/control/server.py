@@ -12,7 +12,9 @@ thread. They must return at once -- put the batch on the render loop's bounded c
 latest-wins mailbox) and return; never wait for a frame, a lock held by the render loop, the disk
 or the network there. Anything slow in a callback delays every later message and, under load,
 makes the kernel drop datagrams. An exception raised by a callback is logged and counted
-(``callback_errors``); the server keeps running.
+(``callback_errors``); the server keeps running. The optional ``on_slice_end()`` runs on the same
+thread after each receive slice, once its parameter changes have gone to ``on_batch`` (the child
+process of :mod:`bridge.control.isolated` sends its rejections and counters then).
 """
 
 from __future__ import annotations
@@ -335,10 +337,7 @@ class OscServer:
                             break
                         self._handle(bytes(view[:n]), peer)
                 finally:
-                    self._flush_params()
-                    self._slice_params = None
-                    if self.on_slice_end is not None:
-                        self._call(self.on_slice_end)
+                    self._end_slice()
                 rest = start + RECEIVE_PERIOD_S - time.monotonic()
                 if rest > 0:
                     self._stopping.wait(rest)
@@ -363,10 +362,14 @@ class OscServer:
                     break
                 self._handle(bytes(view[:n]), peer)
         finally:
-            self._flush_params()
-            self._slice_params = None
-            if self.on_slice_end is not None:
-                self._call(self.on_slice_end)
+            self._end_slice()
+
+    def _end_slice(self) -> None:
+        """Hand over the slice's parameter changes, then tell ``on_slice_end``."""
+        self._flush_params()
+        self._slice_params = None
+        if self.on_slice_end is not None:
+            self._call(self.on_slice_end)
 
     def _handle(self, data: bytes, peer: Any) -> None:
         try:
