@@ -128,7 +128,7 @@ class OscConfig(_Strict):
     enabled: bool = True
     receiver: Literal["process", "thread"] = Field(
         "process", description="where OSC is received, decoded and validated: 'process' (a small child process, "
-        "so no amount of traffic competes with the render loop for Python's interpreter lock; restarted on the "
+        "so the daemon's process never spends its interpreter lock on a datagram; restarted on the "
         "same port if it dies) or 'thread' (inside the daemon's own process)")
     query_port: int | None = Field(None, ge=0, le=65535, description="OSCQuery HTTP port on the osc.listen host "
                                    "(every address with type, range and value, for controllers that browse); "

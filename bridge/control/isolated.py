@@ -35,6 +35,7 @@ address. Callbacks run on the parent's ``osc-receive`` thread under the same con
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -45,7 +46,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from bridge.control.server import (
@@ -70,9 +70,10 @@ CHILD_NICE = 10
 _RESTART_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # between restarts of a child that keeps dying
 STABLE_S = 10.0  # a child that ran this long before it died starts the pauses over
 _MAX_FRAME = 64 << 20
-_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the bridge package
+# the child imports from exactly the parent's import path (the same bridge, whatever the working
+# directory holds)
 _CHILD_CODE = (
-    "import sys; sys.path.append(sys.argv[1]); "
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from bridge.control.isolated import child_main; raise SystemExit(child_main())"
 )
 
@@ -86,8 +87,11 @@ class IsolatedOscServer:
 
     Same arguments as :class:`OscServer`, plus ``on_errors_dropped(n)``: called with the number of
     rejections of a slice beyond the first :data:`MAX_ERRORS_PER_SLICE` (each of those gets
-    ``on_error``). ``surface`` must be a :class:`ControlSurface` (the child builds an equal one
-    from its parameter table and ranges). :attr:`pid` is the child's process id while it runs.
+    ``on_error``). ``surface`` must be a :class:`ControlSurface` (the child builds a plain one
+    from its parameter table and ranges). :attr:`pid` is the child's process id while one runs
+    (None between a child's death and its replacement). Differences from :class:`OscServer`: no
+    ``on_slice_end``; a slice's rejections reach ``on_error`` after its batches; :meth:`stats`
+    adds up the counters of every child this object started.
     """
 
     def __init__(
@@ -117,25 +121,28 @@ class IsolatedOscServer:
         self.rcvbuf_requested = rcvbuf_bytes
         self.rcvbuf_granted = 0
         self.socket_inode: int | None = None
-        self._child_counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._child_counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)  # the live child's, as it last said
+        self._base_counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)  # the ended children's
         self._counts = {"callback_errors": 0, "restarts": 0}
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()  # guards _proc across a restart and a stop
+        self._stopping = threading.Event()  # a new one per start(): an old hand-over thread keeps its own
+        self._lock = threading.Lock()  # guards _proc and the counters across a restart and a stop
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the child and wait until it listens. Raises OSError naming the address when it
         cannot bind (the same error :class:`OscServer` raises)."""
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("OscServer already started")
-        self._stopping.clear()
+        stopping = threading.Event()
         proc = self._spawn(self.port)
-        self._proc = proc
+        with self._lock:
+            self._proc = proc
+        self._stopping = stopping
         log.info("OSC is received in its own process (pid %d)", proc.pid)
-        self._thread = threading.Thread(target=self._run, name="osc-receive", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(stopping, proc), name="osc-receive", daemon=True)
         self._thread.start()
 
     def _settings(self, port: int) -> dict[str, Any]:
@@ -147,9 +154,16 @@ class IsolatedOscServer:
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         """Start a child listening on ``port`` and read its first frame (ready or fail)."""
+        # A session (POSIX) / process group (Windows) of its own: a signal meant for the daemon's
+        # group (Ctrl-C, `timeout`, `kill -- -PGID`) does not end the receiver while the daemon is
+        # still stopping; the end of its stdin does. On Windows also a lower priority, no console.
+        extra: dict[str, Any] = {"start_new_session": True}
+        if sys.platform == "win32":
+            extra = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS
+                     | subprocess.CREATE_NO_WINDOW}
         proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_CODE, _ROOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            close_fds=True,
+            [sys.executable, "-c", _CHILD_CODE, json.dumps(sys.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            close_fds=True, **extra,
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -188,12 +202,14 @@ class IsolatedOscServer:
         if thread is threading.current_thread():
             return
         thread.join(timeout)
-        if thread.is_alive() and proc is not None:
+        if thread.is_alive() and proc is not None and proc.poll() is None:
             log.error("OSC receiver process did not stop within %.1f s; killing it", timeout)
             proc.kill()  # its stdout ends, and so does the hand-over thread
             thread.join(2.0)
+        if thread.is_alive():  # a callback that never returns: start() stays refused
+            log.error("the OSC hand-over thread did not stop (a callback blocked?)")
+            return
         self._thread = None
-        self._proc = None
 
     def __enter__(self) -> IsolatedOscServer:
         self.start()
@@ -213,7 +229,7 @@ class IsolatedOscServer:
 
     @property
     def pid(self) -> int | None:
-        """The child's process id (None when stopped)."""
+        """The live child's process id (None when stopped or between a death and a restart)."""
         proc = self._proc
         return None if proc is None else proc.pid
 
@@ -222,10 +238,18 @@ class IsolatedOscServer:
     def stats(self) -> dict[str, int]:
         """The child's counters (as of its last report, which comes before the callbacks of the
         next batch), plus ``callback_errors`` raised here and ``restarts`` of the child."""
-        out = dict(self._child_counts)
+        with self._lock:
+            out = {k: self._base_counts.get(k, 0) + v for k, v in self._child_counts.items()}
         out["callback_errors"] = out.get("callback_errors", 0) + self._counts["callback_errors"]
         out["restarts"] = self._counts["restarts"]
         return out
+
+    def _fold_counts(self) -> None:
+        """A child has ended: keep its counters (the next one starts from zero)."""
+        with self._lock:
+            for k, v in self._child_counts.items():
+                self._base_counts[k] = self._base_counts.get(k, 0) + v
+            self._child_counts = dict.fromkeys(COUNTERS, 0)
 
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped on the child's socket (Linux ``/proc/net/udp*``), else None."""
@@ -234,69 +258,86 @@ class IsolatedOscServer:
 
     # -- the hand-over thread -------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event, proc: subprocess.Popen[bytes]) -> None:
         restarts_in_a_row = 0
-        while True:
-            proc = self._proc
-            if proc is None or proc.stdout is None:
-                return
-            began = time.monotonic()
-            self._pump(proc.stdout)
-            if self._stopping.is_set():
-                _end(proc)
-                return
-            # the child died during the show: start another on the same port (at once, unless
-            # it keeps dying: then with growing pauses)
-            if time.monotonic() - began >= STABLE_S:
-                restarts_in_a_row = 0
-            rc = _end(proc)
-            delay = _RESTART_DELAYS_S[min(restarts_in_a_row, len(_RESTART_DELAYS_S) - 1)]
-            log.warning("OSC receiver process %d ended (exit code %s); starting another on %s:%d in %.1f s",
-                        proc.pid, rc, self.host, self.port, delay)
-            while not self._stopping.wait(delay):
-                try:
-                    new = self._spawn(self.port)
-                except OSError as exc:
-                    delay = _RESTART_DELAYS_S[-1]
-                    log.error("cannot restart the OSC receiver process: %s; retrying in %.0f s", exc, delay)
-                    continue
+        try:
+            while True:
+                began = time.monotonic()
+                assert proc.stdout is not None
+                self._pump(proc.stdout)
+                if stopping.is_set():
+                    return
+                # the child died during the show: start another on the same port (at once, unless
+                # it keeps dying: then with growing pauses)
                 with self._lock:
-                    if self._stopping.is_set():
-                        _end(new)
-                        return
-                    self._proc = new
+                    if self._proc is proc:
+                        self._proc = None
+                rc = _end(proc)
+                self._fold_counts()
+                if time.monotonic() - began >= STABLE_S:
+                    restarts_in_a_row = 0
+                delay = _RESTART_DELAYS_S[min(restarts_in_a_row, len(_RESTART_DELAYS_S) - 1)]
+                log.warning("OSC receiver process %d ended (exit code %s); starting another on %s:%d in %.1f s",
+                            proc.pid, rc, self.host, self.port, delay)
+                new: subprocess.Popen[bytes] | None = None
+                while new is None and not stopping.wait(delay):
+                    try:
+                        new = self._spawn(self.port)
+                    except OSError as exc:
+                        delay = _RESTART_DELAYS_S[-1]
+                        log.error("cannot restart the OSC receiver process: %s; retrying in %.0f s", exc, delay)
+                if new is None:
+                    return
+                proc = new
+                with self._lock:
+                    stopped = stopping.is_set()
+                    if not stopped:
+                        self._proc = new
+                if stopped:
+                    return
                 self._counts["restarts"] += 1
                 restarts_in_a_row += 1
                 log.info("OSC receiver process %d listening on %s:%d again", new.pid, self.host, self.port)
-                break
-            else:
-                return
+        except Exception:  # pragma: no cover - a bug here must not leave a child behind
+            log.exception("OSC hand-over from the receiver process failed")
+        finally:
+            with self._lock:
+                if self._proc is proc:
+                    self._proc = None
+            _end(proc)
+            self._fold_counts()
 
     def _pump(self, stream: BinaryIO) -> None:
         """Hand every frame to the callbacks until the child's stdout ends."""
         while True:
             try:
                 frame = _read_frame(stream)
-            except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            except Exception as exc:  # a cut or foreign frame: this child is no use any more
                 log.error("OSC receiver process: broken hand-over (%s)", exc)
                 return
             if frame is None:
                 return
-            kind = frame[0]
-            if kind == "batch":
-                self._call(self.on_batch, frame[1])
-                self._child_counts = frame[2]
-            elif kind == "errors":
-                if self.on_error is not None:
-                    for address, reason in frame[1]:
-                        self._call(self.on_error, address, reason)
-                if frame[2] and self.on_errors_dropped is not None:
-                    self._call(self.on_errors_dropped, frame[2])
-                self._child_counts = frame[3]
-            elif kind == "stats":
-                self._child_counts = frame[1]
-            elif kind == "log":
-                _relog(frame)
+            try:
+                self._dispatch(frame)
+            except Exception:  # a malformed frame: skip it, keep the hand-over going
+                log.exception("OSC receiver process: bad frame %r", frame[0])
+
+    def _dispatch(self, frame: tuple[Any, ...]) -> None:
+        kind = frame[0]
+        if kind == "batch":
+            self._call(self.on_batch, frame[1])
+            self._child_counts = frame[2]
+        elif kind == "errors":
+            if self.on_error is not None:
+                for address, reason in frame[1]:
+                    self._call(self.on_error, address, reason)
+            if frame[2] and self.on_errors_dropped is not None:
+                self._call(self.on_errors_dropped, frame[2])
+            self._child_counts = frame[3]
+        elif kind == "stats":
+            self._child_counts = frame[1]
+        elif kind == "log":
+            _relog(frame)
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -382,6 +423,22 @@ def _end(proc: subprocess.Popen[bytes], timeout: float = 2.0) -> int | None:
 # child
 
 
+def _watch_parent() -> None:
+    """POSIX: end when the parent is gone, even if something else still holds our stdin open (a
+    process the daemon forked without exec)."""
+    if sys.platform == "win32":
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="osc-parent-watch", daemon=True).start()
+
+
 class _Out:
     """Frames to the parent, from any thread of the child; a parent gone ends the child."""
 
@@ -450,7 +507,10 @@ class _Relay:
 
 def child_main() -> int:
     """The child process: receive on the parent's behalf until stdin ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):  # the parent decides when: the end of stdin
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    _watch_parent()
     if hasattr(os, "nice"):  # POSIX: when the CPUs are short, the render loop comes first
         try:
             os.nice(CHILD_NICE)

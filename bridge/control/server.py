@@ -170,6 +170,7 @@ class OscServer:
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._drain_on_stop = True  # False once a stop was asked for from inside a callback
         # parameter changes gathered during one receive slice (None outside a slice)
         self._slice_params: dict[str, Any] | None = None
 
@@ -200,6 +201,7 @@ class OscServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stopping.clear()
+        self._drain_on_stop = True
         bound = sock.getsockname()
         self.port = bound[1]
         # Linux reports double the requested size (bookkeeping overhead), capped by rmem_max.
@@ -232,6 +234,7 @@ class OscServer:
             return
         self._stopping.set()
         if thread is threading.current_thread():  # called from a callback: the loop will exit
+            self._drain_on_stop = False  # what arrives after this stop is not handled
             return
         if self._wake_w is not None:
             try:
@@ -241,7 +244,7 @@ class OscServer:
         thread.join(timeout)
         if thread.is_alive():
             log.error("OSC receive thread did not stop within %.1f s", timeout)
-        else:
+        elif self._drain_on_stop:
             self._drain_rest()
         for s in (self._sock, self._wake_r, self._wake_w):
             if s is not None:

@@ -33,6 +33,8 @@ from bridge.params import live_params
 from tests.control.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+# child processes are looked at through /proc and killed with SIGKILL
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, sends POSIX signals")
 
 
 class Recorder:
@@ -196,9 +198,7 @@ def test_stop_leaves_no_process_and_a_restart_works(rec, client) -> None:
     s.start()
     pid = s.pid
     assert pid is not None
-    t0 = time.monotonic()
     s.stop()
-    assert time.monotonic() - t0 < 1.5
     assert not _alive(pid)
     s.start()
     assert s.pid not in (None, pid)
@@ -207,10 +207,14 @@ def test_stop_leaves_no_process_and_a_restart_works(rec, client) -> None:
     s.stop()
 
 
-def test_ctrl_c_does_not_end_the_child(server, rec, client) -> None:
+def test_signals_for_the_daemons_group_do_not_end_the_child(server, rec, client) -> None:
     pid = server.pid
     assert pid is not None
+    # its own session: Ctrl-C, `timeout` or `kill -- -PGID` aimed at the daemon's group miss it...
+    assert os.getsid(pid) == pid != os.getsid(0)
+    # ...and a stray SIGINT or SIGTERM is ignored (the end of its stdin is what stops it)
     os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
     time.sleep(0.2)
     assert _alive(pid) and server.stats()["restarts"] == 0
     client.sendto(encode_message("/sd/guidance", 1.5), server.address)
@@ -238,6 +242,36 @@ def test_the_child_dies_with_its_parent(tmp_path) -> None:
         assert wait_until(lambda: not _alive(child), 5.0), "the receiver outlived its daemon"
     finally:
         parent.kill()
+        parent.wait(5)
+
+
+def test_the_child_dies_with_its_parent_even_if_a_fork_holds_its_stdin(tmp_path) -> None:
+    """A process the daemon forked without exec keeps the child's stdin open after the daemon
+    dies; the child notices its parent changed and ends anyway."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from bridge.control.isolated import IsolatedOscServer
+        s = IsolatedOscServer("127.0.0.1", 0, lambda b: None)
+        s.start()
+        if os.fork() == 0:  # a forked helper: it inherits the write end of the child's stdin
+            time.sleep(30)
+            os._exit(0)
+        print(s.pid, flush=True)
+        time.sleep(60)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()
+        parent.wait(5)
+        assert wait_until(lambda: not _alive(child), 5.0), "the receiver outlived its daemon"
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # the forked helper too
         parent.wait(5)
 
 
@@ -273,11 +307,11 @@ def test_a_flood_is_received_or_counted_and_the_parent_gets_few_hand_overs(serve
         client.sendto(data, server.address)
         if i % 20 == 19:
             time.sleep(0.001)
-    drops = server.kernel_drops() or 0
-    assert wait_until(lambda: server.stats()["received"] + (server.kernel_drops() or 0) >= n, 5.0)
-    assert wait_until(lambda: bool(rec.batches) and rec.commands()[-1] == SetParams({"strength": (n - 1) / n}), 3.0)
-    assert server.stats()["accepted"] + (server.kernel_drops() or 0) >= n - drops
+    assert wait_until(lambda: server.stats()["accepted"] + (server.kernel_drops() or 0) >= n, 5.0), server.stats()
+    assert server.stats()["rejected"] == 0 and rec.batches
     assert len(rec.batches) < n / 5, len(rec.batches)
+    values = [c.values["strength"] for c in rec.commands()]
+    assert values == sorted(values)  # latest wins, in arrival order
 
 
 def test_bundles_cross_as_one_batch(server, rec, client) -> None:
@@ -316,12 +350,42 @@ def test_pauses_between_restarts_grow_only_while_the_child_keeps_dying(rec, clie
                 pid = s.pid
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
-                assert wait_until(lambda n=n: s.stats()["restarts"] == n, 5.0)
+                assert wait_until(lambda n=n: s.stats()["restarts"] == n and s.pid is not None, 5.0)
+            monkeypatch.setattr(iso, "STABLE_S", 60.0)  # whatever the machine's load: "at once" now
             pid = s.pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)  # dies again at once: a longer pause
             assert wait_until(lambda: s.stats()["restarts"] == 3, 5.0)
         pauses = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "starting another" in r.getMessage()]
         assert pauses == ["0.1 s", "0.1 s", "0.5 s"], pauses
+    finally:
+        s.stop()
+
+
+def test_counters_add_up_across_children_and_the_pid_follows_the_live_one(server, rec, client) -> None:
+    for i in range(5):
+        client.sendto(encode_message("/sd/seed", i), server.address)
+    assert wait_until(lambda: server.stats()["accepted"] == 5, 3.0)
+    first = server.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: server.stats()["restarts"] == 1 and server.pid is not None, 5.0)
+    assert server.pid != first
+    assert server.stats()["accepted"] == 5  # the dead child's count is kept, not reset
+    client.sendto(encode_message("/sd/seed", 99), server.address)
+    assert wait_until(lambda: server.stats()["accepted"] == 6, 3.0)
+    server.stop()
+    assert server.pid is None and server.stats()["accepted"] == 6
+
+
+def test_the_child_imports_the_daemons_bridge_not_one_in_the_working_directory(rec, tmp_path, monkeypatch) -> None:
+    shadow = tmp_path / "bridge"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('a bridge package from the working directory')\n")
+    monkeypatch.chdir(tmp_path)
+    s = IsolatedOscServer("127.0.0.1", 0, rec.on_batch)
+    s.start()  # would fail to start if the child imported the shadow package
+    try:
+        assert s.pid is not None and _alive(s.pid)
     finally:
         s.stop()
