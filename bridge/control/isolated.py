@@ -162,7 +162,9 @@ class IsolatedOscServer:
             extra = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS
                      | subprocess.CREATE_NO_WINDOW}
         proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_CODE, json.dumps(sys.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            # '' in the path means the parent's working directory: pass it as that directory
+            [sys.executable, "-c", _CHILD_CODE, json.dumps([p or os.getcwd() for p in sys.path])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             close_fds=True, **extra,
         )
         assert proc.stdin is not None and proc.stdout is not None
