@@ -52,6 +52,8 @@ def test_values_follow_what_osc_changed(qdaemon):
         s.sendto(encode_message("/sd/guidance", 2.75), qdaemon.osc.address)
         s.sendto(encode_message("/sd/prompt", "a quiet harbour"), qdaemon.osc.address)
     assert wait_until(lambda: _get(port, "/sd/guidance?VALUE")[1] == {"VALUE": [2.75]}, 5)
+    # two datagrams may land in two receive slices, so on two frames: wait for the second too
+    assert wait_until(lambda: _get(port, "/sd/prompt?VALUE")[1] == {"VALUE": ["a quiet harbour"]}, 5)
     code, node = _get(port, "/sd/prompt")
     assert code == 200 and node["VALUE"] == ["a quiet harbour"] and "mix" in node["CONTENTS"]
     code, preset = _get(port, "/sd/preset?RANGE")
