@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -221,46 +220,26 @@ def test_signals_for_the_daemons_group_do_not_end_the_child(server, rec, client)
     assert wait_until(lambda: SetParams({"guidance": 1.5}) in rec.commands(), 3.0)
 
 
-def test_the_child_dies_with_its_parent(tmp_path) -> None:
-    script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from bridge.control.isolated import IsolatedOscServer
-        s = IsolatedOscServer("127.0.0.1", 0, lambda b: None)
-        s.start()
-        print(s.pid, flush=True)
-        time.sleep(60)
-    """))
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        assert _alive(child)
-        parent.kill()
-        parent.wait(5)
-        assert wait_until(lambda: not _alive(child), 5.0), "the receiver outlived its daemon"
-    finally:
-        parent.kill()
-        parent.wait(5)
+_PARENT = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from bridge.control.isolated import IsolatedOscServer
+s = IsolatedOscServer("127.0.0.1", 0, lambda b: None)
+s.start()
+if {fork} and os.fork() == 0:  # a forked helper: it inherits the write end of the child's stdin
+    time.sleep(30)
+    os._exit(0)
+print(s.pid, flush=True)
+time.sleep(60)
+"""
 
 
-def test_the_child_dies_with_its_parent_even_if_a_fork_holds_its_stdin(tmp_path) -> None:
-    """A process the daemon forked without exec keeps the child's stdin open after the daemon
-    dies; the child notices its parent changed and ends anyway."""
+@pytest.mark.parametrize("fork", [False, True], ids=["parent-killed", "parent-killed-a-fork-holds-stdin"])
+def test_the_child_dies_with_its_parent(tmp_path, fork: bool) -> None:
+    """The daemon SIGKILLed: its receiver ends too (its stdin closes); and when a process the
+    daemon forked without exec still holds that stdin open, the child notices its parent changed."""
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from bridge.control.isolated import IsolatedOscServer
-        s = IsolatedOscServer("127.0.0.1", 0, lambda b: None)
-        s.start()
-        if os.fork() == 0:  # a forked helper: it inherits the write end of the child's stdin
-            time.sleep(30)
-            os._exit(0)
-        print(s.pid, flush=True)
-        time.sleep(60)
-    """))
+    script.write_text(_PARENT.format(repo=str(REPO), fork=fork))
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:
@@ -271,7 +250,10 @@ def test_the_child_dies_with_its_parent_even_if_a_fork_holds_its_stdin(tmp_path)
         parent.wait(5)
         assert wait_until(lambda: not _alive(child), 5.0), "the receiver outlived its daemon"
     finally:
-        os.killpg(parent.pid, signal.SIGKILL)  # the forked helper too
+        try:
+            os.killpg(parent.pid, signal.SIGKILL)  # the forked helper too
+        except ProcessLookupError:
+            pass
         parent.wait(5)
 
 
