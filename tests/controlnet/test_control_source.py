@@ -60,8 +60,9 @@ def test_loss_holds_or_fades_and_recovers() -> None:
         status = feed.status()
         assert status["control/0/holding"] == 1 and status["control/1/holding"] == 0
         assert status["control/1/state"] in ("lost", "reconnecting")
-        for i in (0, 1):  # reported through the state callback (the daemon sends it on)
-            assert {s for j, s in states if j == i} & {"lost", "reconnecting"}, states
+        for i in (0, 1):  # reported through the state callback (the daemon sends it on), which
+            # may run a moment after the worker's state changed
+            assert wait_until(lambda i=i: bool({s for j, s in states if j == i} & {"lost", "reconnecting"}), 2), states
 
         sender = RawSender(name)
         sender.start()
