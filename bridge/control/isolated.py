@@ -53,6 +53,7 @@ from bridge.control.server import (
     DEFAULT_DUTY,
     DEFAULT_RCVBUF,
     OscServer,
+    ReceiverLifecycle,
     kernel_drops_of,
     parse_allow,
 )
@@ -82,7 +83,7 @@ _CHILD_CODE = (
 # parent
 
 
-class IsolatedOscServer:
+class IsolatedOscServer(ReceiverLifecycle):
     """:class:`~bridge.control.server.OscServer`'s interface, the receiving done in a child process.
 
     Same arguments as :class:`OscServer`, plus ``on_errors_dropped(n)``: called with the number of
@@ -212,22 +213,6 @@ class IsolatedOscServer:
             log.error("the OSC hand-over thread did not stop (a callback blocked?)")
             return
         self._thread = None
-
-    def __enter__(self) -> IsolatedOscServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port); the port is the real one after ``start()`` with port 0."""
-        return (self.host, self.port)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     @property
     def pid(self) -> int | None:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from bridge.control.codec import MAX_PACKET_BYTES
 from bridge.control.surface import Batch, Command, ControlSurface, Rejected, SetParams
@@ -121,7 +121,38 @@ def _peer_ip(host: str) -> IPAddress | None:
 # receiver
 
 
-class OscServer:
+class ReceiverLifecycle:
+    """What every OSC receiver shares: ``with`` support, :attr:`address` and :attr:`running`
+    from ``host``, ``port`` and the receiving thread, around the subclass's ``start``/``stop``."""
+
+    host: str
+    port: int
+    _thread: threading.Thread | None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 2.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the real one after ``start()`` with port 0."""
+        return (self.host, self.port)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+
+class OscServer(ReceiverLifecycle):
     """OSC-over-UDP receiver for the control surface.
 
     ``allow``: sender allow-list entries (see :func:`parse_allow`); ``None`` or empty accepts every
@@ -251,22 +282,6 @@ class OscServer:
                 s.close()
         self._sock = self._wake_r = self._wake_w = None
         self._thread = None
-
-    def __enter__(self) -> OscServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port); the port is the real one after ``start()`` with port 0."""
-        return (self.host, self.port)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     # -- counters -------------------------------------------------------------------------------
 
